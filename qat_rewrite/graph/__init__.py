@@ -1,0 +1,1 @@
+"""The only package that knows TF graph internals: views, patterns, matching, editing."""

@@ -1,0 +1,27 @@
+"""The one place that mutates existing ops: rerouting consumers to a new tensor.
+
+TensorFlow has no public API to change an existing op's input, so this module
+wraps the private `Operation._update_input` once. Everything else in the package
+only adds new ops, with public TF calls.
+"""
+
+
+def replace_input(op, index, new_tensor):
+  """Makes input `index` of `op` read `new_tensor` instead."""
+  op._update_input(index, new_tensor)  # pylint: disable=protected-access
+
+
+def reroute(old, new, consumers):
+  """Makes each op in `consumers` read `new` wherever it read `old`; returns edges changed."""
+  changed = 0
+  for op in consumers:
+    for i, t in enumerate(op.inputs):
+      if t.op is old.op and t.value_index == old.value_index:
+        replace_input(op, i, new)
+        changed += 1
+  return changed
+
+
+def unique_scope(graph, name):
+  """An absolute, unused name scope: `ctx/act_quant`, then `ctx/act_quant_1`."""
+  return graph.unique_name(name, mark_as_used=False) + "/"

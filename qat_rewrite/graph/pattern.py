@@ -1,0 +1,62 @@
+"""A small pattern language for tf.compat.v1 graphs.
+
+Patterns describe a subgraph upward from its root op towards its inputs. They are
+plain data: matching lives in `matcher.py`. A role name captures the op (and the
+tensor through which it was reached); a role used twice in one pattern must bind
+the same op both times, which lets a tree describe small DAGs such as
+`x * inv + (beta - mean * inv)`.
+"""
+
+import dataclasses
+from typing import Callable, Optional as Opt, Sequence, Tuple, Union
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+  """An op whose type is one of `types`, with inputs matching `inputs`.
+
+  `inputs=None` accepts any inputs. `ordered=False` lets the inputs match in any
+  order (Add, Mul). `where(op)` is an extra predicate on the op.
+  """
+  types: Tuple[str, ...]
+  inputs: Opt[Sequence["Pattern"]] = None
+  role: Opt[str] = None
+  ordered: bool = True
+  where: Opt[Callable] = None
+
+  def __init__(self, types, inputs=None, role=None, ordered=True, where=None):
+    object.__setattr__(self, "types", (types,) if isinstance(types, str) else tuple(types))
+    object.__setattr__(self, "inputs", None if inputs is None else tuple(inputs))
+    object.__setattr__(self, "role", role)
+    object.__setattr__(self, "ordered", ordered)
+    object.__setattr__(self, "where", where)
+
+
+@dataclasses.dataclass(frozen=True)
+class Any:
+  """Any tensor; `where(tensor)` optionally restricts it."""
+  role: Opt[str] = None
+  where: Opt[Callable] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Optional:
+  """`inner` if it matches here, otherwise `skip` (by default, what `inner` consumes)."""
+  inner: "Pattern"
+  skip: "Pattern" = None
+
+  def __init__(self, inner, skip=None):
+    object.__setattr__(self, "inner", inner)
+    object.__setattr__(self, "skip", skip if skip is not None else inner.inputs[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+  """The first alternative that leads to a complete match."""
+  alternatives: Tuple["Pattern", ...]
+
+  def __init__(self, *alternatives):
+    object.__setattr__(self, "alternatives", tuple(alternatives))
+
+
+Pattern = Union[Op, Any, Optional, OneOf]

@@ -1,0 +1,114 @@
+"""Read-only questions about a tf.compat.v1 graph that the passes keep asking."""
+
+import collections
+
+import tensorflow as tf
+
+FAKE_QUANT_TYPES = frozenset({
+    "FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxArgs",
+    "FakeQuantWithMinMaxVarsPerChannel"})
+VARIABLE_TYPES = frozenset({"VarHandleOp", "VariableV2", "Variable"})
+ASSIGN_TYPES = frozenset({
+    "AssignSubVariableOp", "AssignVariableOp", "AssignAddVariableOp",
+    "Assign", "AssignSub", "AssignAdd"})
+
+
+class GraphView:
+  """A consumer map of `graph`, built once per pass (the graph must not change meanwhile)."""
+
+  def __init__(self, graph):
+    self.graph = graph
+    self.ops = graph.get_operations()
+    self._consumers = collections.defaultdict(list)
+    for op in self.ops:
+      for t in op.inputs:
+        self._consumers[t.ref() if hasattr(t, "ref") else t].append(op)
+
+  def consumers(self, tensor):
+    return list(self._consumers.get(tensor.ref(), ()))
+
+  def op_consumers(self, op):
+    return [c for t in op.outputs for c in self.consumers(t)]
+
+  def is_dangling(self, op):
+    """True if no output of `op` is consumed (a folded-away batch norm, say)."""
+    return not any(self.consumers(t) for t in op.outputs)
+
+  def followed_by_fake_quant(self, tensor, through=("Identity", "Reshape")):
+    """True if `tensor` already feeds a FakeQuant, looking through `through` ops."""
+    for consumer in self.consumers(tensor):
+      if consumer.type in FAKE_QUANT_TYPES:
+        return True
+      if consumer.type in through and self.followed_by_fake_quant(consumer.outputs[0], through):
+        return True
+    return False
+
+  def find_assigned_variable(self, tensor, max_depth=4):
+    """The variable that an assign op downstream of `tensor` updates (moving averages).
+
+    Returns the variable's handle or ref tensor, or None.
+    """
+    frontier, seen = [tensor], set()
+    for _ in range(max_depth):
+      next_frontier = []
+      for t in frontier:
+        for consumer in self.consumers(t):
+          if consumer in seen:
+            continue
+          seen.add(consumer)
+          if consumer.type in ASSIGN_TYPES:
+            return consumer.inputs[0]
+          next_frontier.extend(consumer.outputs)
+      frontier = next_frontier
+    return None
+
+
+def variable_source(tensor):
+  """The variable op behind a weight read, or None if `tensor` is not a plain read."""
+  op = tensor.op
+  if op.type == "ReadVariableOp" and op.inputs[0].op.type in VARIABLE_TYPES:
+    return op.inputs[0].op
+  if op.type == "Identity":
+    parent = op.inputs[0].op
+    if parent.type in VARIABLE_TYPES:
+      return parent
+    if parent.type == "ConcatV2":
+      return parent  # partitioned variable: the concat of the shards is the weight
+  return None
+
+
+def read_variable(handle_or_ref, name):
+  """A fresh read of a variable given its handle (resource) or ref tensor."""
+  if handle_or_ref.dtype == tf.resource:
+    dtype = handle_or_ref.op.get_attr("dtype")
+    return tf.raw_ops.ReadVariableOp(resource=handle_or_ref, dtype=dtype, name=name)
+  return tf.identity(handle_or_ref, name=name)
+
+
+def is_channel_vector(tensor):
+  """True if `tensor` holds one value per channel: shape [C] or [1, ..., 1, C]."""
+  shape = tensor.shape
+  if shape.rank is None:
+    return False
+  if shape.rank <= 1:
+    return True
+  return all(d == 1 for d in shape.as_list()[:-1])
+
+
+def is_activation_tensor(tensor):
+  """The opposite of a channel vector: a residual operand, not a bias."""
+  return not is_channel_vector(tensor)
+
+
+def context(op_or_name):
+  """The name scope of an op: `a/b/Conv2D` -> `a/b`, `Conv2D` -> ``."""
+  name = getattr(op_or_name, "name", op_or_name)
+  return name.rpartition("/")[0]
+
+
+def join(scope, name):
+  return "%s/%s" % (scope, name) if scope else name
+
+
+def constant_value(tensor):
+  return tf.get_static_value(tensor)

@@ -1,0 +1,92 @@
+"""One declaration per weight-layer family, plus the op sets the rewrite treats alike.
+
+A declaration is data: the op types, which input is the data and which the weight,
+and how a per-output-channel vector (a batch-norm scale, per-channel ranges) lines
+up with the weight tensor. Adding a layer type means adding one `LayerKind` here.
+"""
+
+import dataclasses
+from typing import Callable, Optional, Tuple
+
+ACTIVATION_TYPES = ("Relu", "Relu6", "LeakyRelu", "Identity")
+ADD_TYPES = ("Add", "AddV2")
+BIAS_TYPES = ("BiasAdd",) + ADD_TYPES
+# Ops that keep their input on the quantization grid (or that TFLite rescales itself).
+PASS_THROUGH_TYPES = frozenset({
+    "Reshape", "Identity", "BatchToSpaceND", "SpaceToBatchND", "MaxPool", "Max",
+    "AvgPool", "Mean", "ConcatV2", "Squeeze", "ExpandDims", "Pad"})
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKind:
+  """A family of weight layers.
+
+  `scale_shape(op, weight_shape)` gives the shape a per-output-channel vector must
+  be reshaped to so that it multiplies the weight tensor channel by channel.
+  `per_channel_shape(op, weight_shape)` gives the shape that puts the output
+  channels last (what FakeQuantWithMinMaxVarsPerChannel needs), or None when
+  per-channel weights are not supported for this op.
+  """
+  name: str
+  op_types: Tuple[str, ...]
+  data_input: int
+  weight_input: int
+  scale_shape: Callable
+  per_channel_shape: Callable
+  folds_batch_norm: bool = True
+  supports: Optional[Callable] = None  # op -> None if supported, else the reason
+
+
+def _nhwc_only(op):
+  fmt = op.get_attr("data_format").decode()
+  return None if fmt in ("NHWC",) else "data_format %s is not supported (NHWC only)" % fmt
+
+
+def _last_axis(op, shape):
+  return [-1]
+
+
+def _channels_last(op, shape):
+  return None if shape[-1] is None else list(shape)
+
+
+def _depthwise_scale(op, shape):
+  return [shape[2], shape[3]]
+
+
+def _depthwise_per_channel(op, shape):
+  return list(shape[:2]) + [shape[2] * shape[3]]
+
+
+def _matmul_scale(op, shape):
+  return [-1, 1] if op.get_attr("transpose_b") else [-1]
+
+
+def _matmul_per_channel(op, shape):
+  return None if op.get_attr("transpose_b") else list(shape)
+
+
+def _transpose_conv_scale(op, shape):
+  return [-1, 1]
+
+
+def _no_per_channel(op, shape):
+  return None
+
+
+LAYER_KINDS = (
+    LayerKind("conv2d", ("Conv2D",), 0, 1, _last_axis, _channels_last, supports=_nhwc_only),
+    LayerKind("depthwise_conv2d", ("DepthwiseConv2dNative",), 0, 1, _depthwise_scale,
+              _depthwise_per_channel, supports=_nhwc_only),
+    LayerKind("conv2d_transpose", ("Conv2DBackpropInput",), 2, 1, _transpose_conv_scale,
+              _no_per_channel, supports=_nhwc_only),
+    LayerKind("matmul", ("MatMul",), 0, 1, _matmul_scale, _matmul_per_channel),
+)
+
+_BY_TYPE = {t: kind for kind in LAYER_KINDS for t in kind.op_types}
+LAYER_TYPES = tuple(_BY_TYPE)
+
+
+def kind_of(op):
+  """The LayerKind of `op`, or None if `op` is not a weight layer."""
+  return _BY_TYPE.get(op.type)

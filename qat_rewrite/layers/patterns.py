@@ -1,0 +1,60 @@
+"""The patterns the passes match, built from the catalogue.
+
+Roles captured: `layer` (the weight op), `batch_to_space` (atrous convolution),
+`fold_scale` (the per-channel multiply a training-mode fold leaves), `bias`,
+`bypass` (a residual add before the activation), `activation`, and
+`post_bypass` (a residual add after it).
+"""
+
+from qat_rewrite.graph.pattern import Any, OneOf, Op, Optional
+from qat_rewrite.graph.view import is_activation_tensor, is_channel_vector
+from qat_rewrite.layers.catalogue import ACTIVATION_TYPES, ADD_TYPES, LAYER_TYPES
+
+
+def _layer_output():
+  layer = Op(LAYER_TYPES, role="layer")
+  return Optional(Op("BatchToSpaceND", [layer, Any(), Any()], role="batch_to_space"))
+
+
+def _bias(inner, role="bias"):
+  vector = Any(role=role + "_value", where=is_channel_vector)
+  return Optional(OneOf(
+      Op("BiasAdd", [inner, vector], role=role),
+      Op(ADD_TYPES, [inner, vector], role=role, ordered=False)), skip=inner)
+
+
+def quantizable_layer():
+  """weight layer → [batch_to_space] → [fold scale] → [bias] → [bypass] → [activation] → [post bypass]."""
+  chain = _layer_output()
+  chain = Optional(Op("Mul", [chain, Any(role="fold_scale_value", where=is_channel_vector)],
+                      role="fold_scale", ordered=False))
+  chain = _bias(chain)
+  pre_activation = Optional(Op(ADD_TYPES, [chain, Any(role="bypass_value", where=is_activation_tensor)],
+                               role="bypass", ordered=False))
+  activation = Op(ACTIVATION_TYPES, [pre_activation], role="activation")
+  post_bypass = Op(ADD_TYPES, [activation, Any(role="post_bypass_value", where=is_activation_tensor)],
+                   role="post_bypass", ordered=False)
+  return OneOf(post_bypass, activation, pre_activation)
+
+
+def _bn_input():
+  """weight layer → [batch_to_space] → [Identity] → [bias]: what a batch norm may consume."""
+  chain = Optional(Op("Identity", [_layer_output()], role="identity"))
+  return _bias(chain)
+
+
+def fused_batch_norm():
+  return Op(("FusedBatchNorm", "FusedBatchNormV3"),
+            [_bn_input(), Any("gamma"), Any("beta"), Any("mean"), Any("variance")], role="bn")
+
+
+def unfused_batch_norm():
+  """The ops of `tf.nn.batch_normalization`: x * inv + (beta - mean * inv), inv = rsqrt(var + eps) [* gamma]."""
+  rsqrt = Op("Rsqrt", [Op(ADD_TYPES, [Any("variance"), Any("epsilon")], role="add_epsilon")],
+             role="rsqrt")
+  inv = OneOf(Op("Mul", [rsqrt, Any("gamma")], role="inv", ordered=False), rsqrt)
+  mean_times_inv = Op("Mul", [Any("mean"), Any("inv_again")], role="mean_mul", ordered=False)
+  offset = OneOf(Op("Sub", [Any("beta"), mean_times_inv], role="offset"),
+                 Op("Neg", [mean_times_inv], role="offset"))
+  return Op(ADD_TYPES, [Op("Mul", [_bn_input(), inv], role="scale_mul", ordered=False), offset],
+            role="bn", ordered=False)

@@ -1,0 +1,1 @@
+"""The rewrite passes: checks, batch-norm folding, quantizer insertion."""

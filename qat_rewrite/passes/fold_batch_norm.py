@@ -1,0 +1,210 @@
+"""Folds batch norm into the weights of the layer before it.
+
+Eval (or a batch norm already in inference mode): w' = w·γ/σ, b' = β + (b − μ)·γ/σ with
+the moving statistics, so the graph computes layer(x, q(w')) + b'.
+
+Training: the layer runs once, on weights scaled by the moving statistics,
+w' = w·s with s = γ/σ_moving, as PyTorch's QAT conv-BN does. The batch statistics are
+taken from y = layer(x, q(w')) divided back by s, and the output is corrected to
+exactly what batch-statistics BN gives: out = y·A + B with A = γ/(σ_batch·s) and
+B = β + (b − μ_batch)·γ/σ_batch. The original batch norm's moving-average updates are
+rerouted to these statistics, so the original convolution no longer runs at all.
+With `freeze_bn_delay` the fold switches to the moving statistics (A = 1) and the
+moving averages stop updating once the quantization step reaches the delay.
+"""
+
+import dataclasses
+from typing import Optional
+
+import tensorflow as tf
+
+from qat_rewrite.graph import editor
+from qat_rewrite.graph.matcher import find_matches
+from qat_rewrite.graph.view import GraphView, constant_value, context, join, read_variable
+from qat_rewrite.layers import kind_of
+from qat_rewrite.layers.patterns import fused_batch_norm, unfused_batch_norm
+
+_CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
+
+
+@dataclasses.dataclass
+class BatchNormFold:
+  """One batch norm and the layer it folds into, as found before any edit."""
+  layer: tf.Operation
+  bn_name: str
+  output: tf.Tensor            # the tensor whose consumers get the folded result
+  layer_output: tf.Tensor      # layer output (after BatchToSpaceND for atrous)
+  bias: Optional[tf.Tensor]
+  gamma: Optional[tf.Tensor]
+  beta: Optional[tf.Tensor]
+  epsilon: float
+  moving_mean: Optional[tf.Tensor]   # tensor or variable handle/ref
+  moving_variance: Optional[tf.Tensor]
+  batch_mean: Optional[tf.Tensor]    # set when the batch norm normalizes with batch statistics
+  batch_variance: Optional[tf.Tensor]
+  fused_op: Optional[tf.Operation]   # FusedBatchNorm: its mean/var outputs feed the updates
+  bn_ops: frozenset
+
+
+def find_batch_norm_folds(view, in_scope):
+  """Returns (folds, float_reasons): every foldable batch norm, and why others are not."""
+  folds, reasons = [], []
+  for pattern, fused in ((fused_batch_norm(), True), (unfused_batch_norm(), False)):
+    for m in find_matches(pattern, view.ops, "layer"):
+      bn = m.op("bn")
+      if view.is_dangling(bn) or not in_scope(m.op("layer")):
+        continue  # already folded (its consumers moved to the fold), or out of scope
+      if not fused and m.tensor("inv_again").op is not (m.op("inv") or m.op("rsqrt")):
+        continue
+      reason = _unsupported(m, fused)
+      if reason:
+        reasons.append((bn, reason))
+        continue
+      folds.append(_describe(view, m, fused))
+  return folds, reasons
+
+
+def _unsupported(m, fused):
+  layer = m.op("layer")
+  kind = kind_of(layer)
+  why = kind.supports(layer) if kind.supports else None
+  if why:
+    return why
+  if fused and m.op("bn").get_attr("data_format").decode() != "NHWC":
+    return "batch norm data_format must be NHWC"
+  if not fused and constant_value(m.tensor("epsilon")) is None:
+    return "epsilon of the batch normalization is not a constant"
+  for role in ("mean", "variance"):
+    if m.tensor(role).op.type in _CONTROL_FLOW_TYPES:
+      raise ValueError(
+          "Batch norm '%s' takes its %s from the conditional op '%s', selected by a "
+          "training-flag tensor; it cannot be folded. Build the model with training=True for "
+          "the training graph and training=False for the eval graph."
+          % (m.op("bn").name, role, m.tensor(role).op.name))
+  return None
+
+
+def _describe(view, m, fused):
+  bn = m.op("bn")
+  layer_output = m.tensor("batch_to_space") if m.has("batch_to_space") else m.op("layer").outputs[0]
+  bn_input = m.tensor("bias") if m.has("bias") else (
+      m.tensor("identity") if m.has("identity") else layer_output)
+  common = dict(layer=m.op("layer"), bn_name=bn.name if fused else context(bn),
+                output=bn.outputs[0], layer_output=layer_output,
+                bias=m.tensor("bias_value"), gamma=m.tensor("gamma"), beta=m.tensor("beta"),
+                bn_ops=frozenset(m.ops))
+  if fused:
+    training = bn.get_attr("is_training")
+    mean, var = m.tensor("mean"), m.tensor("variance")
+    has_moving_inputs = mean.shape.num_elements() not in (0, None)
+    moving_mean = mean if has_moving_inputs else view.find_assigned_variable(bn.outputs[1])
+    moving_var = var if has_moving_inputs else view.find_assigned_variable(bn.outputs[2])
+    return BatchNormFold(
+        epsilon=bn.get_attr("epsilon"), moving_mean=moving_mean, moving_variance=moving_var,
+        batch_mean=bn.outputs[1] if training else None,
+        batch_variance=bn.outputs[2] if training else None,
+        fused_op=bn if training else None, **common)
+  mean, var = m.tensor("mean"), m.tensor("variance")
+  training = _depends_on(mean, bn_input)
+  return BatchNormFold(
+      epsilon=float(constant_value(m.tensor("epsilon"))),
+      moving_mean=view.find_assigned_variable(mean) if training else mean,
+      moving_variance=view.find_assigned_variable(var) if training else var,
+      batch_mean=mean if training else None, batch_variance=var if training else None,
+      fused_op=None, **common)
+
+
+def _depends_on(tensor, source, max_depth=6):
+  frontier = [tensor.op]
+  for _ in range(max_depth):
+    if any(t is source or (t.op is source.op and t.value_index == source.value_index)
+           for op in frontier for t in op.inputs):
+      return True
+    frontier = [t.op for op in frontier for t in op.inputs]
+  return False
+
+
+def fold(view, f, training, frozen=None):
+  """Folds one batch norm in place. Returns notes for the report."""
+  notes = []
+  batch_stats = training and f.batch_mean is not None
+  if f.batch_mean is not None and not training:
+    notes.append("batch norm %s was built in training mode; the eval rewrite folds it with "
+                 "its moving statistics" % f.bn_name)
+  graph = f.layer.graph
+  kind = kind_of(f.layer)
+  ctx = context(f.layer)
+  weight = f.layer.inputs[kind.weight_input]
+  with graph.as_default(), graph.name_scope(join(ctx, "BatchNorm_Fold") + "/"):
+    moving_mean = _as_value(f.moving_mean, "moving_mean")
+    moving_var = _as_value(f.moving_variance, "moving_variance")
+    gamma = f.gamma if f.gamma is not None else tf.ones_like(moving_mean)
+    beta = f.beta if f.beta is not None else tf.zeros_like(moving_mean)
+    bias = f.bias if f.bias is not None else tf.zeros_like(moving_mean)
+    scale = tf.multiply(gamma, tf.math.rsqrt(moving_var + f.epsilon), name="mul")
+    scale_for_weight = tf.reshape(scale, kind.scale_shape(f.layer, weight.shape.as_list()),
+                                  name="scale_reshape")
+  with graph.name_scope(join(ctx, "") if ctx else None):
+    mul_fold = tf.multiply(weight, scale_for_weight, name="mul_fold")
+  editor.replace_input(f.layer, kind.weight_input, mul_fold)
+  y = f.layer_output
+  with graph.name_scope(join(ctx, "BatchNorm_Fold") + "/"):
+    moving_bias = tf.add(beta, (bias - moving_mean) * scale, name="bias")
+    if batch_stats:
+      multiplier, offset = _batch_statistics_correction(
+          view, f, y, scale, gamma, beta, bias, moving_mean, moving_var, frozen)
+  with graph.name_scope(join(ctx, "") if ctx else None):
+    if batch_stats:
+      y = tf.multiply(y, multiplier, name="post_conv_mul")
+      folded = tf.add(y, offset, name="add_fold")
+    else:
+      folded = tf.add(y, moving_bias, name="add_fold")
+  changed = editor.reroute(f.output, folded, view.consumers(f.output))
+  if not changed:
+    notes.append("batch norm %s output had no consumers" % f.bn_name)
+  return notes
+
+
+def _as_value(t, name):
+  return read_variable(t, name) if t.dtype in (tf.resource,) or t.dtype._is_ref_dtype else t
+
+
+def _batch_statistics_correction(view, f, y, scale, gamma, beta, bias, moving_mean, moving_var,
+                                 frozen):
+  """A, B of out = y·A + B, and the rerouted moving-average inputs (see module doc)."""
+  safe_scale = tf.where(tf.equal(scale, 0.0), tf.ones_like(scale), scale, name="safe_scale")
+  axes = list(range(y.shape.rank - 1))
+  mean_y, var_y = tf.nn.moments(y, axes=axes, name="moments")
+  batch_mean = tf.add(mean_y / safe_scale, bias, name="batch_mean")
+  batch_var = tf.divide(var_y, tf.square(safe_scale), name="batch_variance")
+  batch_scale = gamma * tf.math.rsqrt(batch_var + f.epsilon)
+  multiplier = tf.divide(batch_scale, safe_scale, name="correction_recip")
+  offset = tf.add(beta, (bias - batch_mean) * batch_scale, name="correction_offset")
+  moving_bias = beta + (bias - moving_mean) * scale
+  stat_mean, stat_var = batch_mean, batch_var
+  if f.fused_op is not None:
+    count = tf.cast(tf.size(y) // tf.size(batch_mean), tf.float32)
+    stat_var = batch_var * count / tf.maximum(count - 1.0, 1.0)  # FusedBatchNorm reports Bessel-corrected variance
+  if frozen is not None:
+    multiplier = tf.where(frozen, tf.ones_like(multiplier), multiplier, name="frozen_recip")
+    offset = tf.where(frozen, moving_bias, offset, name="frozen_offset")
+    stat_mean = tf.where(frozen, moving_mean, stat_mean, name="freeze_moving_mean")
+    stat_var = tf.where(frozen, moving_var, stat_var, name="freeze_moving_var")
+  _reroute_statistic(view, f, f.batch_mean, stat_mean, input_index=3)
+  _reroute_statistic(view, f, f.batch_variance, stat_var, input_index=4)
+  return multiplier, offset
+
+
+def _reroute_statistic(view, f, old, new, input_index):
+  """Points the moving-average update at the folded layer's statistics."""
+  consumers = [op for op in view.consumers(old) if op not in f.bn_ops]
+  if not consumers:
+    return
+  if f.fused_op is not None:
+    factor = f.fused_op.get_attr("exponential_avg_factor") if "exponential_avg_factor" in \
+        f.fused_op.node_def.attr else 1.0
+    if factor != 1.0:  # the op's outputs are already the new running averages
+      new = (1.0 - factor) * f.fused_op.inputs[input_index] + factor * new
+  if old.shape.is_fully_defined() and old.shape != new.shape:
+    new = tf.reshape(new, old.shape.as_list())
+  editor.reroute(old, new, consumers)

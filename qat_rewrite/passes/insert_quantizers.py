@@ -1,0 +1,172 @@
+"""Finds the quantizable layers of a (folded) graph and inserts their FakeQuant ops.
+
+Placement and names follow tf.contrib.quantize, so its checkpoints and tools keep
+working: `weights_quant` on the weights, `act_quant` after the activation (or after
+the last op of a layer without one), `conv_quant` and `add_quant` around a residual
+add before the activation, `post_activation_bypass_quant` after a residual add that
+follows the activation, and `<op>/activation_<Type>_quant` on other Add/Mul ops fed
+by quantized tensors.
+"""
+
+import dataclasses
+from typing import Callable, List, Optional
+
+from qat_rewrite.graph import editor
+from qat_rewrite.graph.matcher import find_matches
+from qat_rewrite.graph.view import FAKE_QUANT_TYPES, GraphView, context, join, variable_source
+from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
+from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES
+from qat_rewrite.layers.patterns import quantizable_layer
+from qat_rewrite.quant import fake_quant
+from qat_rewrite.report import FloatOp, LayerReport
+
+_RELU_TYPES = ("Relu", "Relu6")
+_GENERIC_TYPES = ADD_TYPES + ("Mul",)
+
+
+@dataclasses.dataclass
+class Settings:
+  """What the caller asked for; `weight_spec` and `activation_spec` build QuantSpecs."""
+  training: bool
+  weight_spec: object
+  activation_spec: object
+  in_scope: Callable
+  delay_reached: Callable  # name -> scalar bool tensor, or None without quant_delay
+
+
+def insert_quantizers(graph, settings, folded):
+  """Quantizes every matched layer; returns (layer reports, other quantizers, float ops)."""
+  view = GraphView(graph)
+  matches = find_matches(quantizable_layer(), view.ops, "layer")
+  reports, quantized_weights, layer_ops = [], {}, set()
+  for m in matches:
+    layer_ops |= m.ops
+    if not settings.in_scope(m.op("layer")):
+      continue
+    reports.append(_quantize_layer(view, m, settings, folded, quantized_weights))
+  others = _quantize_generic_ops(graph, settings, layer_ops)
+  float_ops = _unmatched_layers(view, matches, settings)
+  return reports, others, float_ops
+
+
+def _quantize_layer(view, m, settings, folded, quantized_weights):
+  layer = m.op("layer")
+  kind = kind_of(layer)
+  report = LayerReport(layer=layer.name, kind=kind.name, folded_batch_norm=folded.get(layer.name))
+  why = kind.supports(layer) if kind.supports else None
+  if why:
+    report.notes.append("left in float: " + why)
+    return report
+  _quantize_weights(view, layer, kind, settings, quantized_weights, report)
+  ctx = context(layer)
+  last = m.op("bias") or m.op("fold_scale") or m.op("batch_to_space") or layer
+  if m.has("bypass"):
+    add_ctx = context(m.op("bypass"))
+    _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
+                     settings.activation_spec(), report, consumers=[m.op("bypass")])
+    if not m.has("activation"):
+      _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
+                       settings.activation_spec(), report)
+    ctx = add_ctx
+    last = m.op("bypass")
+  if m.has("activation"):
+    last = m.op("activation")
+  if m.has("activation") or not m.has("bypass"):
+    _quantize_output(view, last.outputs[0], join(ctx, "act_quant"), settings,
+                     settings.activation_spec(), report)
+  if m.has("post_bypass"):
+    target = _fused_relu_after(view, m.op("post_bypass"))
+    _quantize_output(view, target.outputs[0], join(context(m.op("post_bypass")),
+                     "post_activation_bypass_quant"), settings, settings.activation_spec(), report)
+  return report
+
+
+def _fused_relu_after(view, op):
+  """A residual add followed only by a ReLU is quantized after the ReLU (TFLite fuses them)."""
+  consumers = view.consumers(op.outputs[0])
+  if len(consumers) == 1 and consumers[0].type in _RELU_TYPES:
+    return consumers[0]
+  return op
+
+
+def _quantize_weights(view, layer, kind, settings, quantized_weights, report):
+  weight = layer.inputs[kind.weight_input]
+  if weight.op.type in FAKE_QUANT_TYPES or weight.op.type == "SelectV2":
+    return  # already quantized by an earlier rewrite
+  source = variable_source(weight) or weight.op
+  if source in quantized_weights:  # a weight shared with an earlier layer: reuse its quantizer
+    editor.replace_input(layer, kind.weight_input, quantized_weights[source])
+    report.notes.append("weights shared with an earlier layer; one quantizer serves both")
+    return
+  spec = settings.weight_spec()
+  per_channel_shape = kind.per_channel_shape(layer, weight.shape.as_list()) if spec.per_channel else None
+  if spec.per_channel and per_channel_shape is None:
+    spec = settings.weight_spec(per_channel=False)
+    report.notes.append("per-channel weights are not supported for %s; per-tensor used" % layer.type)
+  scope = editor.unique_scope(layer.graph, join(context(layer), "weights_quant"))
+  with layer.graph.as_default():
+    quantized = fake_quant.fake_quantize(
+        weight, spec, scope, settings.training, per_channel_shape,
+        settings.delay_reached(scope + "activate_quant"))
+  editor.replace_input(layer, kind.weight_input, quantized)
+  quantized_weights[source] = quantized
+  report.quantizers.append(scope.rstrip("/"))
+
+
+def _quantize_output(view, tensor, name, settings, spec, report, consumers=None):
+  """Inserts a quantizer on `tensor` for `consumers` (default: all), unless it has one."""
+  if not settings.in_scope(tensor.op) or view.followed_by_fake_quant(tensor):
+    return None
+  consumers = view.consumers(tensor) if consumers is None else consumers
+  graph = tensor.graph
+  scope = editor.unique_scope(graph, name)
+  with graph.as_default():
+    quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.training,
+                                         delay_reached=settings.delay_reached(scope + "activate_quant"))
+  editor.reroute(tensor, quantized, consumers)
+  report.quantizers.append(scope.rstrip("/"))
+  return quantized
+
+
+def _quantize_generic_ops(graph, settings, layer_ops):
+  """Add/Mul ops fed by quantized tensors get an output quantizer (squeeze-excite, scaling)."""
+  view = GraphView(graph)
+  names, memo = [], {}
+  for op in list(view.ops):
+    if op.type not in _GENERIC_TYPES or op in layer_ops or not settings.in_scope(op):
+      continue
+    if not any(_reaches_fake_quant(t, memo) for t in op.inputs):
+      continue
+    target = _fused_relu_after(view, op)
+    if view.followed_by_fake_quant(target.outputs[0]):
+      continue
+    holder = LayerReport(layer=op.name, kind="output")
+    _quantize_output(view, target.outputs[0], join(op.name, "activation_%s_quant" % op.type),
+                     settings, settings.activation_spec(), holder)
+    names.extend(holder.quantizers)
+  return names
+
+
+def _reaches_fake_quant(tensor, memo):
+  """True if `tensor` is quantized, looking back through pass-through and Add/Mul ops."""
+  op = tensor.op
+  if op not in memo:
+    memo[op] = False  # guards against revisiting while the answer is pending
+    if op.type in FAKE_QUANT_TYPES or (op.type == "SelectV2" and op.name.endswith("delayed_quant")):
+      memo[op] = True
+    elif op.type in PASS_THROUGH_TYPES and op.inputs:
+      memo[op] = _reaches_fake_quant(op.inputs[0], memo)
+    elif op.type in _GENERIC_TYPES:
+      memo[op] = any(_reaches_fake_quant(t, memo) for t in op.inputs)
+  return memo[op]
+
+
+def _unmatched_layers(view, matches, settings):
+  matched = {m.op("layer") for m in matches}
+  float_ops = []
+  for op in view.ops:
+    if op.type in LAYER_TYPES and op not in matched:
+      float_ops.append(FloatOp(op.name, op.type, "no quantizable pattern matched"))
+    elif op.type in LAYER_TYPES and not settings.in_scope(op):
+      float_ops.append(FloatOp(op.name, op.type, "outside the requested scope"))
+  return float_ops

@@ -1,0 +1,72 @@
+"""The pipeline every front end shares: check, fold batch norms, insert quantizers, report."""
+
+import functools
+import time
+
+from absl import logging
+
+from qat_rewrite.graph.view import GraphView
+from qat_rewrite.passes import checks
+from qat_rewrite.passes.fold_batch_norm import find_batch_norm_folds, fold
+from qat_rewrite.passes.insert_quantizers import Settings, insert_quantizers
+from qat_rewrite.quant import fake_quant
+from qat_rewrite.quant.spec import activation_spec, weight_spec
+from qat_rewrite.report import FloatOp, QuantizeReport
+
+
+def _check_delay(name, value):
+  if value is None:
+    return
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise ValueError("%s must be a non-negative integer number of steps or None, got %r"
+                     % (name, value))
+
+
+def rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False, quant_delay=None,
+            freeze_bn_delay=None, scope=None, per_channel=False):
+  """Rewrites `graph` in place for quantization-aware training or evaluation.
+
+  Everything that can be refused is checked before the graph is touched.
+  """
+  started = time.perf_counter()
+  make_weight_spec = functools.partial(weight_spec, weight_bits, symmetric)
+  make_activation_spec = functools.partial(activation_spec, activation_bits, symmetric)
+  make_weight_spec(per_channel=per_channel), make_activation_spec()  # validates the bits
+  _check_delay("quant_delay", quant_delay)
+  _check_delay("freeze_bn_delay", freeze_bn_delay)
+  if scope is not None and not isinstance(scope, str):
+    raise ValueError("scope must be a string or None, got %r" % (scope,))
+  prefix = scope if not scope or scope.endswith("/") else scope + "/"
+  in_scope = lambda op: not prefix or op.name.startswith(prefix)  # noqa: E731
+
+  checks.check_no_training_ops(graph)
+  checks.check_no_conditional_batch_norm(graph, in_scope)
+  folds, unfoldable = find_batch_norm_folds(GraphView(graph), in_scope)
+  for f in folds:
+    checks.check_foldable(f, training)
+
+  report = QuantizeReport(mode="training" if training else "eval")
+  report.float_ops.extend(FloatOp(op.name, op.type, "batch norm not folded: " + why)
+                          for op, why in unfoldable)
+  with graph.as_default():
+    frozen = None
+    if training and freeze_bn_delay is not None and any(f.batch_mean is not None for f in folds):
+      frozen = fake_quant.step_reached(graph, freeze_bn_delay, "freeze_batch_norm")
+    view = GraphView(graph)
+    folded = {}
+    for f in folds:
+      report.notes.extend(fold(view, f, training, frozen))
+      folded[f.layer.name] = f.bn_name
+
+    delayed = bool(quant_delay)
+    settings = Settings(
+        training=training,
+        weight_spec=lambda per_channel=per_channel: make_weight_spec(per_channel=per_channel),
+        activation_spec=make_activation_spec, in_scope=in_scope,
+        delay_reached=lambda name: fake_quant.step_reached(graph, quant_delay, name) if delayed else None)
+    layers, others, float_ops = insert_quantizers(graph, settings, folded)
+  report.layers, report.other_quantizers = layers, others
+  report.float_ops.extend(float_ops)
+  logging.info("%s (%.2f s)", report.summary(), time.perf_counter() - started)
+  logging.debug("%s", report)
+  return report

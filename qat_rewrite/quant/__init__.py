@@ -1,0 +1,1 @@
+"""Quantization numerics: specs and the TF ops that carry them out."""

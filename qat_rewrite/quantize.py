@@ -1,0 +1,67 @@
+"""Drop-in replacement for `tf.contrib.quantize`: `from qat_rewrite import quantize`.
+
+Each function rewrites `input_graph` (the default graph when None) in place, as
+contrib did, and also returns a `QuantizeReport` saying what was quantized and
+what stayed in float. Call the training rewrite before building the optimizer,
+and run the variable initializer after it: it adds variables (the ranges).
+
+A "step" for `quant_delay` and `freeze_bn_delay` is one session.run that
+evaluates the rewritten graph: the `fake_quantization_step` counter advances each
+time, as in contrib.
+"""
+
+import tensorflow as tf
+
+from qat_rewrite.passes.rewrite import rewrite
+
+
+def _graph(input_graph):
+  graph = input_graph if input_graph is not None else tf.compat.v1.get_default_graph()
+  if not isinstance(graph, tf.Graph):
+    raise ValueError("input_graph must be a tf.Graph or None, got %r" % (graph,))
+  return graph
+
+
+def create_training_graph(input_graph=None, quant_delay=0):
+  """Rewrites a training graph: folds batch norms, inserts FakeQuant ops whose ranges learn.
+
+  Args:
+    input_graph: the graph to rewrite in place; the default graph if None.
+    quant_delay: steps of float training before quantization switches on. 0 (fine-tuning
+      a float model, the recommended use) quantizes from the first step.
+  """
+  return rewrite(_graph(input_graph), training=True, quant_delay=quant_delay)
+
+
+def create_eval_graph(input_graph=None):
+  """Rewrites an eval graph built with training=False: same variables, no range updates."""
+  return rewrite(_graph(input_graph), training=False)
+
+
+def experimental_create_training_graph(input_graph=None, weight_bits=8, activation_bits=8,
+                                       symmetric=False, quant_delay=0, freeze_bn_delay=None,
+                                       scope=None, per_channel_weights=False):
+  """Training rewrite with every option.
+
+  Args:
+    weight_bits, activation_bits: 2..16.
+    symmetric: symmetric ranges (zero point 0), as int8 targets want.
+    quant_delay: steps before quantization switches on.
+    freeze_bn_delay: steps after which folded batch norms use their moving statistics and
+      stop updating them; should be larger than quant_delay. None never freezes.
+    scope: only ops whose names start with this scope are folded and quantized.
+    per_channel_weights: one range per output channel for conv, depthwise and matmul
+      weights (not in contrib; TFLite int8 and most accelerators support it).
+  """
+  return rewrite(_graph(input_graph), training=True, weight_bits=weight_bits,
+                 activation_bits=activation_bits, symmetric=symmetric, quant_delay=quant_delay,
+                 freeze_bn_delay=freeze_bn_delay, scope=scope, per_channel=per_channel_weights)
+
+
+def experimental_create_eval_graph(input_graph=None, weight_bits=8, activation_bits=8,
+                                   symmetric=False, quant_delay=None, scope=None,
+                                   per_channel_weights=False):
+  """Eval rewrite with every option; use the same options as the training rewrite."""
+  return rewrite(_graph(input_graph), training=False, weight_bits=weight_bits,
+                 activation_bits=activation_bits, symmetric=symmetric, quant_delay=quant_delay,
+                 scope=scope, per_channel=per_channel_weights)
