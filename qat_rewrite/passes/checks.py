@@ -49,12 +49,3 @@ def _branches_contain_batch_norm(graph, op):
           pending.append(attr.func.name)
   return False
 
-
-def check_foldable(f, training):
-  """Every batch norm to fold needs moving statistics: the folded weights are scaled by them."""
-  if f.moving_mean is None or f.moving_variance is None:
-    raise ValueError(
-        "Batch norm '%s' normalizes with batch statistics but no moving-average update of "
-        "them was found, and the folded weights need the moving statistics. Keep the "
-        "moving-average updates (e.g. tf.compat.v1.layers.batch_normalization) or build "
-        "the layer without batch norm." % f.bn_name)

@@ -23,6 +23,7 @@ from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.graph.view import GraphView, constant_value, context, join, read_variable
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.patterns import fused_batch_norm, unfused_batch_norm
+from qat_rewrite.quant import fake_quant
 
 _CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
 
@@ -44,6 +45,32 @@ class BatchNormFold:
   batch_variance: Optional[tf.Tensor]
   fused_op: Optional[tf.Operation]   # FusedBatchNorm: its mean/var outputs feed the updates
   bn_ops: frozenset
+
+
+def fold_batch_norms(graph, training, freeze_bn_delay=None, in_scope=lambda op: True):
+  """Folds every batch norm that follows a weight layer. Returns (folded, unfoldable, notes).
+
+  `folded` maps layer op name -> batch norm name; `unfoldable` lists (op, reason).
+  All batch norms are checked before the first is folded, so a refusal changes nothing.
+  """
+  folds, unfoldable = find_batch_norm_folds(GraphView(graph), in_scope)
+  for f in folds:
+    if f.moving_mean is None or f.moving_variance is None:
+      raise ValueError(
+          "Batch norm '%s' normalizes with batch statistics but no moving-average update of "
+          "them was found, and the folded weights need the moving statistics. Keep the "
+          "moving-average updates (e.g. tf.compat.v1.layers.batch_normalization) or build "
+          "the layer without batch norm." % f.bn_name)
+  notes, folded = [], {}
+  with graph.as_default():
+    frozen = None
+    if training and freeze_bn_delay is not None and any(f.batch_mean is not None for f in folds):
+      frozen = fake_quant.step_reached(graph, freeze_bn_delay, "freeze_batch_norm")
+    view = GraphView(graph)
+    for f in folds:
+      notes.extend(fold(view, f, training, frozen))
+      folded[f.layer.name] = f.bn_name
+  return folded, unfoldable, notes
 
 
 def find_batch_norm_folds(view, in_scope):

@@ -5,9 +5,8 @@ import time
 
 from absl import logging
 
-from qat_rewrite.graph.view import GraphView
 from qat_rewrite.passes import checks
-from qat_rewrite.passes.fold_batch_norm import find_batch_norm_folds, fold
+from qat_rewrite.passes.fold_batch_norm import fold_batch_norms
 from qat_rewrite.passes.insert_quantizers import Settings, insert_quantizers
 from qat_rewrite.quant import fake_quant
 from qat_rewrite.quant.spec import activation_spec, weight_spec
@@ -41,23 +40,12 @@ def rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False, 
 
   checks.check_no_training_ops(graph)
   checks.check_no_conditional_batch_norm(graph, in_scope)
-  folds, unfoldable = find_batch_norm_folds(GraphView(graph), in_scope)
-  for f in folds:
-    checks.check_foldable(f, training)
+  folded, unfoldable, notes = fold_batch_norms(graph, training, freeze_bn_delay, in_scope)
 
-  report = QuantizeReport(mode="training" if training else "eval")
+  report = QuantizeReport(mode="training" if training else "eval", notes=notes)
   report.float_ops.extend(FloatOp(op.name, op.type, "batch norm not folded: " + why)
                           for op, why in unfoldable)
   with graph.as_default():
-    frozen = None
-    if training and freeze_bn_delay is not None and any(f.batch_mean is not None for f in folds):
-      frozen = fake_quant.step_reached(graph, freeze_bn_delay, "freeze_batch_norm")
-    view = GraphView(graph)
-    folded = {}
-    for f in folds:
-      report.notes.extend(fold(view, f, training, frozen))
-      folded[f.layer.name] = f.bn_name
-
     delayed = bool(quant_delay)
     settings = Settings(
         training=training,
