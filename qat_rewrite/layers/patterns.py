@@ -37,7 +37,7 @@ def quantizable_layer():
   return OneOf(post_bypass, activation, pre_activation)
 
 
-def _bn_input():
+def bn_input():
   """weight layer → [batch_to_space] → [Identity] → [bias]: what a batch norm may consume."""
   chain = Optional(Op("Identity", [_layer_output()], role="identity"))
   return _bias(chain)
@@ -45,7 +45,7 @@ def _bn_input():
 
 def fused_batch_norm():
   return Op(("FusedBatchNorm", "FusedBatchNormV3"),
-            [_bn_input(), Any("gamma"), Any("beta"), Any("mean"), Any("variance")], role="bn")
+            [bn_input(), Any("gamma"), Any("beta"), Any("mean"), Any("variance")], role="bn")
 
 
 def unfused_batch_norm():
@@ -56,5 +56,5 @@ def unfused_batch_norm():
   mean_times_inv = Op("Mul", [Any("mean"), Any("inv_again")], role="mean_mul", ordered=False)
   offset = OneOf(Op("Sub", [Any("beta"), mean_times_inv], role="offset"),
                  Op("Neg", [mean_times_inv], role="offset"))
-  return Op(ADD_TYPES, [Op("Mul", [_bn_input(), inv], role="scale_mul", ordered=False), offset],
+  return Op(ADD_TYPES, [Op("Mul", [bn_input(), inv], role="scale_mul", ordered=False), offset],
             role="bn", ordered=False)

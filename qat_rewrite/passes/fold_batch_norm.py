@@ -48,12 +48,18 @@ class BatchNormFold:
 
 
 def fold_batch_norms(graph, training, freeze_bn_delay=None, in_scope=lambda op: True):
-  """Folds every batch norm that follows a weight layer. Returns (folded, unfoldable, notes).
+  """Finds and folds every batch norm that follows a weight layer.
 
-  `folded` maps layer op name -> batch norm name; `unfoldable` lists (op, reason).
-  All batch norms are checked before the first is folded, so a refusal changes nothing.
+  Returns (folded, unfoldable, notes): layer op name -> batch norm name, the
+  (op, reason) pairs left alone, and notes for the report.
   """
   folds, unfoldable = find_batch_norm_folds(GraphView(graph), in_scope)
+  folded, notes = apply_folds(graph, folds, training, freeze_bn_delay)
+  return folded, unfoldable, notes
+
+
+def apply_folds(graph, folds, training, freeze_bn_delay=None):
+  """Folds `folds`; all are checked before the first is folded, so a refusal changes nothing."""
   for f in folds:
     if f.moving_mean is None or f.moving_variance is None:
       raise ValueError(
@@ -70,7 +76,7 @@ def fold_batch_norms(graph, training, freeze_bn_delay=None, in_scope=lambda op: 
     for f in folds:
       notes.extend(fold(view, f, training, frozen))
       folded[f.layer.name] = f.bn_name
-  return folded, unfoldable, notes
+  return folded, notes
 
 
 def find_batch_norm_folds(view, in_scope):

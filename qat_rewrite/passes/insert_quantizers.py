@@ -31,6 +31,7 @@ class Settings:
   weight_spec: object
   activation_spec: object
   in_scope: Callable
+  excluded: dict  # layer op -> why it stays float
   delay_reached: Callable  # name -> scalar bool tensor, or None without quant_delay
 
 
@@ -41,7 +42,7 @@ def insert_quantizers(graph, settings, folded):
   reports, quantized_weights, layer_ops = [], {}, set()
   for m in matches:
     layer_ops |= m.ops
-    if not settings.in_scope(m.op("layer")):
+    if not settings.in_scope(m.op("layer")) or m.op("layer") in settings.excluded:
       continue
     reports.append(_quantize_layer(view, m, settings, folded, quantized_weights))
   others = _quantize_generic_ops(graph, settings, layer_ops)
@@ -165,7 +166,9 @@ def _unmatched_layers(view, matches, settings):
   matched = {m.op("layer") for m in matches}
   float_ops = []
   for op in view.ops:
-    if op.type in LAYER_TYPES and op not in matched:
+    if op in settings.excluded:
+      float_ops.append(FloatOp(op.name, op.type, settings.excluded[op]))
+    elif op.type in LAYER_TYPES and op not in matched:
       float_ops.append(FloatOp(op.name, op.type, "no quantizable pattern matched"))
     elif op.type in LAYER_TYPES and not settings.in_scope(op):
       float_ops.append(FloatOp(op.name, op.type, "outside the requested scope"))

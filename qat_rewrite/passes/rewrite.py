@@ -6,7 +6,8 @@ import time
 from absl import logging
 
 from qat_rewrite.passes import checks
-from qat_rewrite.passes.fold_batch_norm import fold_batch_norms
+from qat_rewrite.graph.view import GraphView
+from qat_rewrite.passes.fold_batch_norm import apply_folds, find_batch_norm_folds
 from qat_rewrite.passes.insert_quantizers import Settings, insert_quantizers
 from qat_rewrite.quant import fake_quant
 from qat_rewrite.quant.spec import activation_spec, weight_spec
@@ -39,18 +40,27 @@ def rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False, 
   in_scope = lambda op: not prefix or op.name.startswith(prefix)  # noqa: E731
 
   checks.check_no_training_ops(graph)
-  checks.check_no_conditional_batch_norm(graph, in_scope)
-  folded, unfoldable, notes = fold_batch_norms(graph, training, freeze_bn_delay, in_scope)
+  conditional = checks.conditional_batch_norms(graph, in_scope)
+  folds, unfoldable = find_batch_norm_folds(GraphView(graph), in_scope)
+  if conditional and not folds:
+    checks.raise_conditional_batch_norm(next(iter(conditional.values())))
+  folded, notes = apply_folds(graph, folds, training, freeze_bn_delay)
 
   report = QuantizeReport(mode="training" if training else "eval", notes=notes)
   report.float_ops.extend(FloatOp(op.name, op.type, "batch norm not folded: " + why)
                           for op, why in unfoldable)
+  excluded = {layer: "its batch norm is inside the training-flag conditional %s; build with "
+                     "training=True/False to quantize it" % cond.name
+              for layer, cond in conditional.items()}
+  if excluded:
+    logging.warning("%d layers stay float: their batch norm is behind a training-flag "
+                    "conditional (e.g. %s)", len(excluded), next(iter(excluded.values())))
   with graph.as_default():
     delayed = bool(quant_delay)
     settings = Settings(
         training=training,
         weight_spec=lambda per_channel=per_channel: make_weight_spec(per_channel=per_channel),
-        activation_spec=make_activation_spec, in_scope=in_scope,
+        activation_spec=make_activation_spec, in_scope=in_scope, excluded=excluded,
         delay_reached=lambda name: fake_quant.step_reached(graph, quant_delay, name) if delayed else None)
     layers, others, float_ops = insert_quantizers(graph, settings, folded)
   report.layers, report.other_quantizers = layers, others
