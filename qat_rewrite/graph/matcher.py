@@ -105,17 +105,18 @@ def match_op(pattern, op, output_index=0):
   return [Match(op, b) for b in _match(pattern, op.outputs[output_index], {})]
 
 
-def find_matches(pattern, ops, anchor_role, output_index=0):
+def find_matches(pattern, ops, anchor_role, output_index=0, exclude=frozenset()):
   """Non-overlapping matches, one per anchor op at most, largest first.
 
   `anchor_role` names the op that identifies a match (the layer op). Among all
   matches the largest are accepted first; a match is dropped if its anchor was
-  already taken or if it shares an op with an accepted match.
+  already taken or if it shares an op with an accepted match. Matches that touch
+  an op in `exclude` are never considered.
   """
   candidates = []
   for op in ops:
     for m in match_op(pattern, op, output_index):
-      if m.op(anchor_role) is not None:
+      if m.op(anchor_role) is not None and not m.ops & exclude:
         candidates.append(m)
   # Stable sort: among equal sizes, graph order decides, so results are deterministic.
   candidates.sort(key=lambda m: -len(m.ops))

@@ -58,7 +58,7 @@ def fold_batch_norms(graph, training, freeze_bn_delay=None, in_scope=lambda op: 
   return folded, unfoldable, notes
 
 
-def apply_folds(graph, folds, training, freeze_bn_delay=None):
+def apply_folds(graph, folds, training, freeze_bn_delay=None, use_resource=None):
   """Folds `folds`; all are checked before the first is folded, so a refusal changes nothing."""
   for f in folds:
     if f.moving_mean is None or f.moving_variance is None:
@@ -71,7 +71,7 @@ def apply_folds(graph, folds, training, freeze_bn_delay=None):
   with graph.as_default():
     frozen = None
     if training and freeze_bn_delay is not None and any(f.batch_mean is not None for f in folds):
-      frozen = fake_quant.step_reached(graph, freeze_bn_delay, "freeze_batch_norm")
+      frozen = fake_quant.step_reached(graph, freeze_bn_delay, "freeze_batch_norm", use_resource)
     view = GraphView(graph)
     for f in folds:
       notes.extend(fold(view, f, training, frozen))
@@ -95,6 +95,29 @@ def find_batch_norm_folds(view, in_scope):
         continue
       folds.append(_describe(view, m, fused))
   return folds, reasons
+
+
+def folded_away_ops(view):
+  """Ops left behind by earlier folds: dangling batch norms and what only they consumed.
+
+  They stay in the graph (TF cannot delete ops) but never run; the quantizer pass
+  must not mistake them for a layer's bias or activation.
+  """
+  dead = set()
+  for pattern in (fused_batch_norm(), unfused_batch_norm()):
+    for m in find_matches(pattern, view.ops, "layer"):
+      if view.is_dangling(m.op("bn")):
+        dead |= m.ops - {m.op("layer")}
+  frontier = list(dead)
+  while frontier:
+    op = frontier.pop()
+    for t in op.inputs:
+      producer = t.op
+      if producer not in dead and producer.outputs and all(
+          c in dead for out in producer.outputs for c in view.consumers(out)):
+        dead.add(producer)
+        frontier.append(producer)
+  return dead
 
 
 def _unsupported(m, fused):

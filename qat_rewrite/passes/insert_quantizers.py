@@ -17,6 +17,7 @@ from qat_rewrite.graph.view import FAKE_QUANT_TYPES, GraphView, context, join, v
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES
 from qat_rewrite.layers.patterns import quantizable_layer
+from qat_rewrite.passes.fold_batch_norm import folded_away_ops
 from qat_rewrite.quant import fake_quant
 from qat_rewrite.report import FloatOp, LayerReport
 
@@ -33,12 +34,14 @@ class Settings:
   in_scope: Callable
   excluded: dict  # layer op -> why it stays float
   delay_reached: Callable  # name -> scalar bool tensor, or None without quant_delay
+  use_resource: bool  # quantizer variables match the graph's own (resource or ref)
 
 
 def insert_quantizers(graph, settings, folded):
   """Quantizes every matched layer; returns (layer reports, other quantizers, float ops)."""
   view = GraphView(graph)
-  matches = find_matches(quantizable_layer(), view.ops, "layer")
+  dead = folded_away_ops(view)
+  matches = find_matches(quantizable_layer(), view.ops, "layer", exclude=dead)
   reports, quantized_weights, layer_ops = [], {}, set()
   for m in matches:
     layer_ops |= m.ops
@@ -108,7 +111,7 @@ def _quantize_weights(view, layer, kind, settings, quantized_weights, report):
   with layer.graph.as_default():
     quantized = fake_quant.fake_quantize(
         weight, spec, scope, settings.training, per_channel_shape,
-        settings.delay_reached(scope + "activate_quant"))
+        settings.delay_reached(scope + "activate_quant"), settings.use_resource)
   editor.replace_input(layer, kind.weight_input, quantized)
   quantized_weights[source] = quantized
   report.quantizers.append(scope.rstrip("/"))
@@ -123,7 +126,8 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None)
   scope = editor.unique_scope(graph, name)
   with graph.as_default():
     quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.training,
-                                         delay_reached=settings.delay_reached(scope + "activate_quant"))
+                                         delay_reached=settings.delay_reached(scope + "activate_quant"),
+                                         use_resource=settings.use_resource)
   editor.reroute(tensor, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
   return quantized

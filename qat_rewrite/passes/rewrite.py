@@ -44,7 +44,9 @@ def rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False, 
   folds, unfoldable = find_batch_norm_folds(GraphView(graph), in_scope)
   if conditional and not folds:
     checks.raise_conditional_batch_norm(next(iter(conditional.values())))
-  folded, notes = apply_folds(graph, folds, training, freeze_bn_delay)
+  types = {op.type for op in graph.get_operations()}
+  use_resource = "VariableV2" not in types or "VarHandleOp" in types
+  folded, notes = apply_folds(graph, folds, training, freeze_bn_delay, use_resource)
 
   report = QuantizeReport(mode="training" if training else "eval", notes=notes)
   report.float_ops.extend(FloatOp(op.name, op.type, "batch norm not folded: " + why)
@@ -54,14 +56,16 @@ def rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False, 
               for layer, cond in conditional.items()}
   if excluded:
     logging.warning("%d layers stay float: their batch norm is behind a training-flag "
-                    "conditional (e.g. %s)", len(excluded), next(iter(excluded.values())))
+                    "conditional (e.g. %s)", len(excluded), next(iter(conditional.values())).name)
   with graph.as_default():
     delayed = bool(quant_delay)
     settings = Settings(
         training=training,
         weight_spec=lambda per_channel=per_channel: make_weight_spec(per_channel=per_channel),
         activation_spec=make_activation_spec, in_scope=in_scope, excluded=excluded,
-        delay_reached=lambda name: fake_quant.step_reached(graph, quant_delay, name) if delayed else None)
+        use_resource=use_resource,
+        delay_reached=lambda name: (fake_quant.step_reached(graph, quant_delay, name, use_resource)
+                                    if delayed else None))
     layers, others, float_ops = insert_quantizers(graph, settings, folded)
   report.layers, report.other_quantizers = layers, others
   report.float_ops.extend(float_ops)

@@ -1,8 +1,8 @@
 """Turns one QuantSpec into TF ops: range variables, their training updates, FakeQuant.
 
-Knows nothing about patterns or layers. Variable names follow tf.contrib.quantize
-(`<scope>/min`, `<scope>/max`, and `min/biased`, `min/local_step` for the
-zero-debiased moving average) so contrib-era checkpoints restore.
+Knows nothing about patterns or layers. The range variables are named as
+tf.contrib.quantize named them (`<scope>/min`, `<scope>/max`), so contrib-era eval
+checkpoints restore; a moving average adds `<scope>/local_step`.
 """
 
 import tensorflow as tf
@@ -12,7 +12,7 @@ from qat_rewrite.quant.spec import LAST_VALUE
 STEP_NAME = "fake_quantization_step"
 
 
-def quantization_step(graph):
+def quantization_step(graph, use_resource=None):
   """The step counter that `quant_delay` and `freeze_bn_delay` count in.
 
   It advances by one on every session.run that evaluates the rewritten graph's
@@ -23,20 +23,20 @@ def quantization_step(graph):
   except KeyError:
     pass
   with graph.as_default(), graph.name_scope(None):
-    var = _variable(STEP_NAME, [], tf.int64, 0, scope="")
+    var = _variable(STEP_NAME, [], tf.int64, 0, scope="", use_resource=use_resource)
     with graph.name_scope(STEP_NAME + "/"):
       return tf.identity(tf.compat.v1.assign_add(var, 1), name="Identity")
 
 
-def step_reached(graph, step_count, name):
+def step_reached(graph, step_count, name, use_resource=None):
   """A scalar bool: has the quantization step reached `step_count`?"""
   with graph.name_scope(name + "/"):
     threshold = tf.constant(step_count, dtype=tf.int64, name="delay")
-    return tf.greater_equal(quantization_step(graph), threshold, name="reached")
+    return tf.greater_equal(quantization_step(graph, use_resource), threshold, name="reached")
 
 
-def _variable(name, shape, dtype, init, scope):
-  var_scope = tf.compat.v1.VariableScope(reuse=False, name=scope)
+def _variable(name, shape, dtype, init, scope, use_resource=None):
+  var_scope = tf.compat.v1.VariableScope(reuse=False, name=scope, use_resource=use_resource)
   with tf.compat.v1.variable_scope(var_scope, auxiliary_name_scope=False):
     return tf.compat.v1.get_variable(
         name, shape=shape, dtype=dtype, initializer=tf.compat.v1.constant_initializer(init),
@@ -54,33 +54,41 @@ def _batch_range(x, spec, channels):
   return tf.minimum(batch_min, 0.0), tf.maximum(batch_max, 0.0)
 
 
-def _ema(var, value, decay, name):
-  """Zero-debiased moving average, as TF1's assign_moving_average(zero_debias=True)."""
-  with tf.name_scope(name):
-    biased = _variable("biased", var.shape, tf.float32, 0.0, scope=var.op.name)
-    local_step = _variable("local_step", [], tf.float32, 0.0, scope=var.op.name)
-    biased_new = tf.compat.v1.assign_sub(biased, (biased - value) * (1.0 - decay))
-    step_new = tf.compat.v1.assign_add(local_step, 1.0)
-    unbiased = biased_new / (1.0 - tf.pow(decay, step_new))
-  return tf.compat.v1.assign(var, unbiased, name=name)
-
-
-def _updated_range(x, spec, min_var, max_var, channels):
+def _updated_range(x, spec, min_var, max_var, channels, use_resource):
   range_min, range_max = _batch_range(x, spec, channels)
   if spec.tracker == LAST_VALUE:
     return (tf.compat.v1.assign(min_var, range_min, name="AssignMinLast"),
             tf.compat.v1.assign(max_var, range_max, name="AssignMaxLast"))
-  return (_ema(min_var, range_min, spec.ema_decay, "AssignMinEma"),
-          _ema(max_var, range_max, spec.ema_decay, "AssignMaxEma"))
+  return _zero_debiased_ema(min_var, max_var, range_min, range_max, spec.ema_decay, use_resource)
 
 
-def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reached=None):
+def _zero_debiased_ema(min_var, max_var, range_min, range_max, decay, use_resource):
+  """Moving averages of the range, zero-debiased as TF1's assign_moving_average.
+
+  The debiased average m_t = b_t / (1 - d^t) of the biased one b_t = d·b_(t-1) + (1-d)·x_t
+  obeys m_t = (d·(1 - d^(t-1))·m_(t-1) + (1-d)·x_t) / (1 - d^t), so only m and t are
+  stored: the first step takes the batch range as it is, and later ones average.
+  """
+  local_step = _variable("local_step", [], tf.float32, 0.0, min_var.op.name.rpartition("/")[0],
+                         use_resource)
+  decay_power = tf.pow(decay, tf.compat.v1.assign_add(local_step, 1.0))
+  norm = 1.0 - decay_power
+  old_weight, new_weight = (decay - decay_power) / norm, (1.0 - decay) / norm
+  return (tf.compat.v1.assign(min_var, old_weight * min_var + new_weight * range_min,
+                              name="AssignMinEma"),
+          tf.compat.v1.assign(max_var, old_weight * max_var + new_weight * range_max,
+                              name="AssignMaxEma"))
+
+
+def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reached=None,
+                  use_resource=None):
   """Returns `x` fake-quantized under `spec`, with its range variables in `scope`.
 
   `scope` is an absolute name scope ending in '/'. In training the range follows
   the data; in eval it is read from the variables only (restored from training).
   `per_channel_shape` reshapes `x` so its channels are last (depthwise weights).
   `delay_reached`, a scalar bool, passes `x` through unchanged until it is true.
+  `use_resource` picks resource or ref variables (None: TensorFlow's default).
   """
   graph = x.graph
   var_scope = scope.rstrip("/")
@@ -90,12 +98,12 @@ def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reache
       source = tf.reshape(x, per_channel_shape, name="per_channel_reshape")
     channels = source.shape[-1] if spec.per_channel else None
     shape = [channels] if channels else []
-    min_var = _variable("min", shape, tf.float32, spec.init_min, var_scope)
-    max_var = _variable("max", shape, tf.float32, spec.init_max, var_scope)
+    min_var = _variable("min", shape, tf.float32, spec.init_min, var_scope, use_resource)
+    max_var = _variable("max", shape, tf.float32, spec.init_max, var_scope, use_resource)
     if training:
-      range_min, range_max = _updated_range(source, spec, min_var, max_var, channels)
+      range_min, range_max = _updated_range(source, spec, min_var, max_var, channels, use_resource)
     else:
-      range_min, range_max = tf.identity(min_var), tf.identity(max_var)
+      range_min, range_max = min_var, max_var
     if channels:
       quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
           source, range_min, range_max, num_bits=spec.bits, narrow_range=spec.narrow_range,
