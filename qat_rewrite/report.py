@@ -10,6 +10,7 @@ class LayerReport:
   layer: str
   kind: str
   folded_batch_norm: Optional[str] = None
+  weights_quantized: bool = False
   quantizers: List[str] = dataclasses.field(default_factory=list)
   notes: List[str] = dataclasses.field(default_factory=list)
 
@@ -33,7 +34,7 @@ class QuantizeReport:
   @property
   def quantized_weights(self):
     """Names of the layer ops whose weights are fake-quantized."""
-    return [l.layer for l in self.layers if any(q.endswith("weights_quant") for q in l.quantizers)]
+    return [l.layer for l in self.layers if l.weights_quantized]
 
   @property
   def folded_batch_norms(self):

@@ -44,7 +44,7 @@ def test_resnet50_training_graph_quantizes_all_54_layers_and_folds_53_batch_norm
   live_layers = [op for op in live if op.type in ("Conv2D", "MatMul")]
   assert len(live_layers) == 54  # one convolution per layer: the fold does not run it twice
   assert all(_weight_is_quantized(op) for op in live_layers)
-  assert len([n for n in report.quantized_weights if n.startswith("resnet50/")]) == 53
+  assert len([n for n in report.quantized_weights if n.startswith("resnet50/")]) == 54
   assert len(report.folded_batch_norms) == 53
   assert "53 batch norms folded" in report.summary()
   assert not [op for op in live if op.type.startswith("FusedBatchNorm")]

@@ -24,4 +24,4 @@ def reroute(old, new, consumers):
 
 def unique_scope(graph, name):
   """An absolute, unused name scope: `ctx/act_quant`, then `ctx/act_quant_1`."""
-  return graph.unique_name(name, mark_as_used=False) + "/"
+  return graph.unique_name(name, mark_as_used=True) + "/"

@@ -63,6 +63,21 @@ class GraphView:
     return None
 
 
+def is_fake_quantized(tensor):
+  """True if `tensor` comes out of a quantizer (through its delay select or channel reshape)."""
+  for _ in range(3):
+    op = tensor.op
+    if op.type in FAKE_QUANT_TYPES:
+      return True
+    if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
+      tensor = op.inputs[1]
+    elif op.type == "Reshape" and op.name.endswith("per_channel_restore"):
+      tensor = op.inputs[0]
+    else:
+      return False
+  return False
+
+
 def variable_source(tensor):
   """The variable op behind a weight read, or None if `tensor` is not a plain read."""
   op = tensor.op

@@ -44,8 +44,10 @@ def bn_input():
 
 
 def fused_batch_norm():
+  """FusedBatchNorm needs 4-D input: a MatMul output is reshaped to 4-D and back around it."""
+  to_4d = Optional(Op("Reshape", [bn_input(), Any()], role="reshape"))
   return Op(("FusedBatchNorm", "FusedBatchNormV3"),
-            [bn_input(), Any("gamma"), Any("beta"), Any("mean"), Any("variance")], role="bn")
+            [to_4d, Any("gamma"), Any("beta"), Any("mean"), Any("variance")], role="bn")
 
 
 def unfused_batch_norm():

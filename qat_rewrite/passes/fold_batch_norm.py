@@ -85,16 +85,34 @@ def find_batch_norm_folds(view, in_scope):
   for pattern, fused in ((fused_batch_norm(), True), (unfused_batch_norm(), False)):
     for m in find_matches(pattern, view.ops, "layer"):
       bn = m.op("bn")
-      if view.is_dangling(bn) or not in_scope(m.op("layer")):
-        continue  # already folded (its consumers moved to the fold), or out of scope
+      if _already_folded(view, m) or not in_scope(m.op("layer")):
+        continue  # its consumers moved to an earlier fold, or out of scope
       if not fused and m.tensor("inv_again").op is not (m.op("inv") or m.op("rsqrt")):
         continue
-      reason = _unsupported(m, fused)
+      reason = _unsupported(m, fused) or (
+          "a batch norm on a reshaped input must be reshaped back by a single Reshape"
+          if m.has("reshape") and _reshape_back(view, bn) is None else None)
       if reason:
         reasons.append((bn, reason))
         continue
       folds.append(_describe(view, m, fused))
   return folds, reasons
+
+
+def _reshape_back(view, bn):
+  """The Reshape that turns a 4-D batch norm output back into the 2-D MatMul shape."""
+  back = view.consumers(bn.outputs[0])
+  return back[0] if len(back) == 1 and back[0].type == "Reshape" else None
+
+
+def _already_folded(view, m):
+  """A folded batch norm keeps no consumers (but a dangling Reshape back to 2-D)."""
+  bn = m.op("bn")
+  if view.is_dangling(bn):
+    return True
+  back = _reshape_back(view, bn) if m.has("reshape") else None
+  return (back is not None and view.is_dangling(back)
+          and not any(view.consumers(t) for t in bn.outputs[1:]))
 
 
 def folded_away_ops(view):
@@ -106,8 +124,10 @@ def folded_away_ops(view):
   dead = set()
   for pattern in (fused_batch_norm(), unfused_batch_norm()):
     for m in find_matches(pattern, view.ops, "layer"):
-      if view.is_dangling(m.op("bn")):
+      if _already_folded(view, m):
         dead |= m.ops - {m.op("layer")}
+        back = _reshape_back(view, m.op("bn")) if m.has("reshape") else None
+        dead |= {back} if back is not None else set()
   frontier = list(dead)
   while frontier:
     op = frontier.pop()
@@ -150,6 +170,10 @@ def _describe(view, m, fused):
                 bias=m.tensor("bias_value"), gamma=m.tensor("gamma"), beta=m.tensor("beta"),
                 bn_ops=frozenset(m.ops))
   if fused:
+    if m.has("reshape"):  # reshaped 2-D → 4-D → 2-D around the batch norm: replace the 2-D result
+      back = _reshape_back(view, bn)
+      common["output"] = back.outputs[0]
+      common["bn_ops"] = common["bn_ops"] | {back}
     training = bn.get_attr("is_training")
     mean, var = m.tensor("mean"), m.tensor("variance")
     has_moving_inputs = mean.shape.num_elements() not in (0, None)
@@ -209,6 +233,10 @@ def fold(view, f, training, frozen=None):
     if batch_stats:
       multiplier, offset = _batch_statistics_correction(
           view, f, y, scale, gamma, beta, bias, moving_mean, moving_var, frozen)
+    if f.batch_mean is not None and not batch_stats:
+      # The eval graph must not change the model: its moving-average updates become no-ops.
+      _reroute_statistic(view, f, f.batch_mean, moving_mean, input_index=3)
+      _reroute_statistic(view, f, f.batch_variance, moving_var, input_index=4)
   with graph.name_scope(join(ctx, "") if ctx else None):
     if batch_stats:
       y = tf.multiply(y, multiplier, name="post_conv_mul")

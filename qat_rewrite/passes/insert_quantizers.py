@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.graph.view import FAKE_QUANT_TYPES, GraphView, context, join, variable_source
+from qat_rewrite.graph.view import GraphView, context, is_fake_quantized, join, variable_source
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES
 from qat_rewrite.layers.patterns import quantizable_layer
@@ -43,13 +43,19 @@ def insert_quantizers(graph, settings, folded):
   dead = folded_away_ops(view)
   matches = find_matches(quantizable_layer(), view.ops, "layer", exclude=dead)
   reports, quantized_weights, layer_ops = [], {}, set()
+  float_ops = _unmatched_layers(view, matches, settings)
   for m in matches:
+    layer = m.op("layer")
     layer_ops |= m.ops
-    if not settings.in_scope(m.op("layer")) or m.op("layer") in settings.excluded:
+    if not settings.in_scope(layer) or layer in settings.excluded:
+      continue
+    kind = kind_of(layer)
+    why = kind.supports(layer) if kind.supports else None
+    if why:
+      float_ops.append(FloatOp(layer.name, layer.type, why))
       continue
     reports.append(_quantize_layer(view, m, settings, folded, quantized_weights))
   others = _quantize_generic_ops(graph, settings, layer_ops)
-  float_ops = _unmatched_layers(view, matches, settings)
   return reports, others, float_ops
 
 
@@ -57,10 +63,6 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
   layer = m.op("layer")
   kind = kind_of(layer)
   report = LayerReport(layer=layer.name, kind=kind.name, folded_batch_norm=folded.get(layer.name))
-  why = kind.supports(layer) if kind.supports else None
-  if why:
-    report.notes.append("left in float: " + why)
-    return report
   _quantize_weights(view, layer, kind, settings, quantized_weights, report)
   ctx = context(layer)
   last = m.op("bias") or m.op("fold_scale") or m.op("batch_to_space") or layer
@@ -95,7 +97,8 @@ def _fused_relu_after(view, op):
 
 def _quantize_weights(view, layer, kind, settings, quantized_weights, report):
   weight = layer.inputs[kind.weight_input]
-  if weight.op.type in FAKE_QUANT_TYPES or weight.op.type == "SelectV2":
+  report.weights_quantized = True
+  if is_fake_quantized(weight):
     return  # already quantized by an earlier rewrite
   source = variable_source(weight) or weight.op
   if source in quantized_weights:  # a weight shared with an earlier layer: reuse its quantizer
@@ -157,7 +160,7 @@ def _reaches_fake_quant(tensor, memo):
   op = tensor.op
   if op not in memo:
     memo[op] = False  # guards against revisiting while the answer is pending
-    if op.type in FAKE_QUANT_TYPES or (op.type == "SelectV2" and op.name.endswith("delayed_quant")):
+    if is_fake_quantized(tensor):
       memo[op] = True
     elif op.type in PASS_THROUGH_TYPES and op.inputs:
       memo[op] = _reaches_fake_quant(op.inputs[0], memo)

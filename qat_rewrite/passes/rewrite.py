@@ -14,6 +14,11 @@ from qat_rewrite.quant.spec import activation_spec, weight_spec
 from qat_rewrite.report import FloatOp, QuantizeReport
 
 
+def _check_bits(name, value):
+  if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 16:
+    raise ValueError("%s must be an integer in 2..16 (FakeQuant's limits), got %r" % (name, value))
+
+
 def _check_delay(name, value):
   if value is None:
     return
@@ -22,16 +27,24 @@ def _check_delay(name, value):
                      % (name, value))
 
 
-def rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False, quant_delay=None,
-            freeze_bn_delay=None, scope=None, per_channel=False):
+def rewrite(graph, *args, **kwargs):
   """Rewrites `graph` in place for quantization-aware training or evaluation.
 
-  Everything that can be refused is checked before the graph is touched.
+  See `_rewrite` for the arguments. New ops get absolute names, whatever name scope
+  the caller is in (contrib's testWithNameScope).
   """
+  with graph.as_default(), graph.name_scope(None):
+    return _rewrite(graph, *args, **kwargs)
+
+
+def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False, quant_delay=None,
+            freeze_bn_delay=None, scope=None, per_channel=False):
+  """Everything that can be refused is checked before the graph is touched."""
   started = time.perf_counter()
   make_weight_spec = functools.partial(weight_spec, weight_bits, symmetric)
   make_activation_spec = functools.partial(activation_spec, activation_bits, symmetric)
-  make_weight_spec(per_channel=per_channel), make_activation_spec()  # validates the bits
+  _check_bits("weight_bits", weight_bits)
+  _check_bits("activation_bits", activation_bits)
   _check_delay("quant_delay", quant_delay)
   _check_delay("freeze_bn_delay", freeze_bn_delay)
   if scope is not None and not isinstance(scope, str):

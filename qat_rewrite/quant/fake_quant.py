@@ -16,7 +16,8 @@ def quantization_step(graph, use_resource=None):
   """The step counter that `quant_delay` and `freeze_bn_delay` count in.
 
   It advances by one on every session.run that evaluates the rewritten graph's
-  outputs (one training step, if you only run the training op), like contrib's.
+  outputs (one training step, if you only run the training op), like contrib's; the
+  first run sees 1.
   """
   try:
     return graph.get_tensor_by_name(STEP_NAME + "/Identity:0")
@@ -29,10 +30,10 @@ def quantization_step(graph, use_resource=None):
 
 
 def step_reached(graph, step_count, name, use_resource=None):
-  """A scalar bool: has the quantization step reached `step_count`?"""
+  """A scalar bool, true once `step_count` steps have run: false for the first `step_count` runs."""
   with graph.name_scope(name + "/"):
     threshold = tf.constant(step_count, dtype=tf.int64, name="delay")
-    return tf.greater_equal(quantization_step(graph, use_resource), threshold, name="reached")
+    return tf.greater(quantization_step(graph, use_resource), threshold, name="reached")
 
 
 def _variable(name, shape, dtype, init, scope, use_resource=None):
