@@ -29,12 +29,20 @@ def quantizable_layer():
   chain = Optional(Op("Mul", [chain, Any(role="fold_scale_value", where=is_channel_vector)],
                       role="fold_scale", ordered=False))
   chain = _bias(chain)
+  # A batch norm with forced updates (an Identity that waits for the moving-average updates).
+  chain = Optional(Op("Identity", [chain], role="forced_updates", where=lambda op: op.control_inputs))
   pre_activation = Optional(Op(ADD_TYPES, [chain, Any(role="bypass_value", where=is_activation_tensor)],
                                role="bypass", ordered=False))
   activation = Op(ACTIVATION_TYPES, [pre_activation], role="activation")
+  # An add followed by a ReLU is the next layer's pre-activation bypass, not this one's post-bypass.
   post_bypass = Op(ADD_TYPES, [activation, Any(role="post_bypass_value", where=is_activation_tensor)],
-                   role="post_bypass", ordered=False)
+                   role="post_bypass", ordered=False, where=_not_followed_by_relu)
   return OneOf(post_bypass, activation, pre_activation)
+
+
+def _not_followed_by_relu(op):
+  consumers = op.outputs[0].consumers()
+  return not (len(consumers) == 1 and consumers[0].type in ("Relu", "Relu6"))
 
 
 def bn_input():

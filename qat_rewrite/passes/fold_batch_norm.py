@@ -125,9 +125,8 @@ def folded_away_ops(view):
   for pattern in (fused_batch_norm(), unfused_batch_norm()):
     for m in find_matches(pattern, view.ops, "layer"):
       if _already_folded(view, m):
-        dead |= m.ops - {m.op("layer")}
         back = _reshape_back(view, m.op("bn")) if m.has("reshape") else None
-        dead |= {back} if back is not None else set()
+        dead |= {m.op("bn"), back} - {None}
   frontier = list(dead)
   while frontier:
     op = frontier.pop()
@@ -184,7 +183,7 @@ def _describe(view, m, fused):
         batch_mean=bn.outputs[1] if training else None,
         batch_variance=bn.outputs[2] if training else None,
         fused_op=bn if training else None, **common)
-  mean, var = m.tensor("mean"), m.tensor("variance")
+  mean, var = _before_identity(m.tensor("mean")), _before_identity(m.tensor("variance"))
   training = _depends_on(mean, bn_input)
   return BatchNormFold(
       epsilon=float(constant_value(m.tensor("epsilon"))),
@@ -192,6 +191,12 @@ def _describe(view, m, fused):
       moving_variance=view.find_assigned_variable(var) if training else var,
       batch_mean=mean if training else None, batch_variance=var if training else None,
       fused_op=None, **common)
+
+
+def _before_identity(tensor):
+  """Forced updates (contrib's updates_collections=None) pass the statistics through an Identity
+  that depends on the update ops; the updates read the tensor before it."""
+  return tensor.op.inputs[0] if tensor.op.type == "Identity" else tensor
 
 
 def _depends_on(tensor, source, max_depth=6):

@@ -40,14 +40,15 @@ class Settings:
 def insert_quantizers(graph, settings, folded):
   """Quantizes every matched layer; returns (layer reports, other quantizers, float ops)."""
   view = GraphView(graph)
-  dead = folded_away_ops(view)
-  matches = find_matches(quantizable_layer(), view.ops, "layer", exclude=dead)
+  # A layer's chain ends where the scope ends; folded-away ops never run.
+  excluded = folded_away_ops(view) | {op for op in view.ops if not settings.in_scope(op)}
+  matches = find_matches(quantizable_layer(), view.ops, "layer", exclude=excluded)
   reports, quantized_weights, layer_ops = [], {}, set()
   float_ops = _unmatched_layers(view, matches, settings)
   for m in matches:
     layer = m.op("layer")
     layer_ops |= m.ops
-    if not settings.in_scope(layer) or layer in settings.excluded:
+    if layer in settings.excluded:
       continue
     kind = kind_of(layer)
     why = kind.supports(layer) if kind.supports else None
@@ -65,7 +66,8 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
   report = LayerReport(layer=layer.name, kind=kind.name, folded_batch_norm=folded.get(layer.name))
   _quantize_weights(view, layer, kind, settings, quantized_weights, report)
   ctx = context(layer)
-  last = m.op("bias") or m.op("fold_scale") or m.op("batch_to_space") or layer
+  last = (m.op("forced_updates") or m.op("bias") or m.op("fold_scale") or m.op("batch_to_space")
+          or layer)
   if m.has("bypass"):
     add_ctx = context(m.op("bypass"))
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
@@ -81,8 +83,7 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
     _quantize_output(view, last.outputs[0], join(ctx, "act_quant"), settings,
                      settings.activation_spec(), report)
   if m.has("post_bypass"):
-    target = _fused_relu_after(view, m.op("post_bypass"))
-    _quantize_output(view, target.outputs[0], join(context(m.op("post_bypass")),
+    _quantize_output(view, m.tensor("post_bypass"), join(context(m.op("post_bypass")),
                      "post_activation_bypass_quant"), settings, settings.activation_spec(), report)
   return report
 
@@ -175,8 +176,8 @@ def _unmatched_layers(view, matches, settings):
   for op in view.ops:
     if op in settings.excluded:
       float_ops.append(FloatOp(op.name, op.type, settings.excluded[op]))
-    elif op.type in LAYER_TYPES and op not in matched:
-      float_ops.append(FloatOp(op.name, op.type, "no quantizable pattern matched"))
     elif op.type in LAYER_TYPES and not settings.in_scope(op):
       float_ops.append(FloatOp(op.name, op.type, "outside the requested scope"))
+    elif op.type in LAYER_TYPES and op not in matched:
+      float_ops.append(FloatOp(op.name, op.type, "no quantizable pattern matched"))
   return float_ops
