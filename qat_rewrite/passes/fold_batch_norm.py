@@ -53,7 +53,7 @@ def fold_batch_norms(graph, training, freeze_bn_delay=None, in_scope=lambda op: 
   Returns (folded, unfoldable, notes): layer op name -> batch norm name, the
   (op, reason) pairs left alone, and notes for the report.
   """
-  folds, unfoldable = find_batch_norm_folds(GraphView(graph), in_scope)
+  folds, unfoldable, _ = find_batch_norm_folds(GraphView(graph), in_scope)
   folded, notes = apply_folds(graph, folds, training, freeze_bn_delay)
   return folded, unfoldable, notes
 
@@ -80,13 +80,17 @@ def apply_folds(graph, folds, training, freeze_bn_delay=None, use_resource=None)
 
 
 def find_batch_norm_folds(view, in_scope):
-  """Returns (folds, float_reasons): every foldable batch norm, and why others are not."""
-  folds, reasons = [], []
+  """Returns (folds, float_reasons, folded_before): the foldable batch norms, why others are
+  not, and how many an earlier rewrite already folded."""
+  folds, reasons, folded_before = [], [], 0
   for pattern, fused in ((fused_batch_norm(), True), (unfused_batch_norm(), False)):
     for m in find_matches(pattern, view.ops, "layer"):
       bn = m.op("bn")
-      if _already_folded(view, m) or not in_scope(m.op("layer")):
-        continue  # its consumers moved to an earlier fold, or out of scope
+      if not in_scope(m.op("layer")):
+        continue
+      if _already_folded(view, m):  # its consumers moved to an earlier fold
+        folded_before += 1
+        continue
       if not fused and m.tensor("inv_again").op is not (m.op("inv") or m.op("rsqrt")):
         continue
       reason = _unsupported(m, fused) or (
@@ -96,7 +100,7 @@ def find_batch_norm_folds(view, in_scope):
         reasons.append((bn, reason))
         continue
       folds.append(_describe(view, m, fused))
-  return folds, reasons
+  return folds, reasons, folded_before
 
 
 def _reshape_back(view, bn):

@@ -54,8 +54,8 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
 
   checks.check_no_training_ops(graph)
   conditional = checks.conditional_batch_norms(graph, in_scope)
-  folds, unfoldable = find_batch_norm_folds(GraphView(graph), in_scope)
-  if conditional and not folds:
+  folds, unfoldable, folded_before = find_batch_norm_folds(GraphView(graph), in_scope)
+  if conditional and not folds and not folded_before:
     checks.raise_conditional_batch_norm(next(iter(conditional.values())))
   types = {op.type for op in graph.get_operations()}
   use_resource = "VariableV2" not in types or "VarHandleOp" in types
