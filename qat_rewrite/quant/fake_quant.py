@@ -37,11 +37,14 @@ def step_reached(graph, step_count, name, use_resource=None):
 
 
 def _variable(name, shape, dtype, init, scope, use_resource=None):
-  var_scope = tf.compat.v1.VariableScope(reuse=False, name=scope, use_resource=use_resource)
-  with tf.compat.v1.variable_scope(var_scope, auxiliary_name_scope=False):
-    return tf.compat.v1.get_variable(
-        name, shape=shape, dtype=dtype, initializer=tf.compat.v1.constant_initializer(init),
-        trainable=False, collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES],
+  """A non-trainable variable named exactly `<scope>/<name>`, in GLOBAL_VARIABLES."""
+  if use_resource is None:
+    use_resource = tf.compat.v1.resource_variables_enabled()
+  with tf.compat.v1.get_default_graph().name_scope(scope + "/" if scope else None):
+    return tf.compat.v1.Variable(
+        tf.constant(init, dtype=dtype, shape=shape, name="Initializer/Const"), trainable=False,
+        name=name, use_resource=use_resource,
+        collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES],
         aggregation=tf.VariableAggregation.MEAN)
 
 
