@@ -238,20 +238,19 @@ def fold(view, f, training, frozen=None):
   editor.replace_input(f.layer, kind.weight_input, mul_fold)
   y = f.layer_output
   with graph.name_scope(join(ctx, "BatchNorm_Fold") + "/"):
-    moving_bias = tf.add(beta, (bias - moving_mean) * scale, name="bias")
     if batch_stats:
       multiplier, offset = _batch_statistics_correction(
           view, f, y, scale, gamma, beta, bias, moving_mean, moving_var, frozen)
-    if f.batch_mean is not None and not batch_stats:
-      # The eval graph must not change the model: its moving-average updates become no-ops.
-      _reroute_statistic(view, f, f.batch_mean, moving_mean, input_index=3)
-      _reroute_statistic(view, f, f.batch_variance, moving_var, input_index=4)
+    else:
+      offset = tf.add(beta, (bias - moving_mean) * scale, name="bias")
+      if f.batch_mean is not None:
+        # The eval graph must not change the model: its moving-average updates become no-ops.
+        _reroute_statistic(view, f, f.batch_mean, moving_mean, input_index=3)
+        _reroute_statistic(view, f, f.batch_variance, moving_var, input_index=4)
   with graph.name_scope(join(ctx, "") if ctx else None):
     if batch_stats:
       y = tf.multiply(y, multiplier, name="post_conv_mul")
-      folded = tf.add(y, offset, name="add_fold")
-    else:
-      folded = tf.add(y, moving_bias, name="add_fold")
+    folded = tf.add(y, offset, name="add_fold")
   changed = editor.reroute(f.output, folded, view.consumers(f.output))
   if not changed:
     notes.append("batch norm %s output had no consumers" % f.bn_name)
@@ -273,12 +272,12 @@ def _batch_statistics_correction(view, f, y, scale, gamma, beta, bias, moving_me
   batch_scale = gamma * tf.math.rsqrt(batch_var + f.epsilon)
   multiplier = tf.divide(batch_scale, safe_scale, name="correction_recip")
   offset = tf.add(beta, (bias - batch_mean) * batch_scale, name="correction_offset")
-  moving_bias = beta + (bias - moving_mean) * scale
   stat_mean, stat_var = batch_mean, batch_var
   if f.fused_op is not None:
     count = tf.cast(tf.size(y) // tf.size(batch_mean), tf.float32)
     stat_var = batch_var * count / tf.maximum(count - 1.0, 1.0)  # FusedBatchNorm reports Bessel-corrected variance
   if frozen is not None:
+    moving_bias = beta + (bias - moving_mean) * scale
     multiplier = tf.where(frozen, tf.ones_like(multiplier), multiplier, name="frozen_recip")
     offset = tf.where(frozen, moving_bias, offset, name="frozen_offset")
     stat_mean = tf.where(frozen, moving_mean, stat_mean, name="freeze_moving_mean")
