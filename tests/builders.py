@@ -240,3 +240,12 @@ def partitioned_scope(num_shards, scope='part'):
   testSinglePartitionedVariable / testMultiplePartitionedVariables. Layer weights then reach the layer
   through `<var>` = Identity(ConcatV2 of the parts' reads), or Identity(part read) for one shard."""
   return v1.variable_scope(scope, partitioner=v1.fixed_size_partitioner(num_shards))
+
+
+def has_op(graph, name):
+  """True if `graph` has an op called `name` (tests assert on names, as contrib's did)."""
+  try:
+    graph.get_operation_by_name(name)
+    return True
+  except KeyError:
+    return False

@@ -69,14 +69,6 @@ def _op(graph, name):
   return graph.get_operation_by_name(name)
 
 
-def _has_op(graph, name):
-  try:
-    graph.get_operation_by_name(name)
-    return True
-  except KeyError:
-    return False
-
-
 def _variable_read(tensor):
   """The variable op that `tensor` reads, or None."""
   op = tensor.op
@@ -109,7 +101,7 @@ class Built:
     self.bn_output = bn_output          # what the activation or bypass read before folding
     self.outputs = outputs              # the ops that read it
     self.updates = []  # the moving-average updates' `sub` ops, if the BN has any
-    if _has_op(graph, name + '/BatchNorm/AssignMovingAvg'):
+    if builders.has_op(graph, name + '/BatchNorm/AssignMovingAvg'):
       self.updates = [_op(graph, '%s/BatchNorm/AssignMovingAvg%s/sub' % (name, suffix))
                       for suffix in ('', '_1')]
 
@@ -184,7 +176,7 @@ def _assert_folded_weights(built, kind):
   multiplier = _op(g, c + '/BatchNorm_Fold/mul')
   gamma = built.name + '/BatchNorm/gamma'
   reads = {_variable_read(t) for t in multiplier.inputs}
-  if _has_op(g, gamma):
+  if builders.has_op(g, gamma):
     assert gamma in reads, 'the fold must scale by this layer\'s own gamma, not %s' % reads
 
 
@@ -226,7 +218,7 @@ def _assert_training_fold(built, kind, freeze):
   mean, var = (op.inputs[1] for op in built.updates)
   if freeze is None:
     assert _from_fold(mean, built) and _from_fold(var, built)
-    assert not _has_op(g, 'freeze_batch_norm/reached')
+    assert not builders.has_op(g, 'freeze_batch_norm/reached')
     return
   # contrib: input 1 of `AssignMovingAvg/mul` (the decay) came from `freeze_moving_mean/Merge`.
   assert mean.name == c + '/BatchNorm_Fold/freeze_moving_mean:0'
@@ -356,8 +348,8 @@ def test_fold_with_moving_statistics_is_layer_then_add_fold(mode, kind, fused):
   assert [t.name for t in add_fold.inputs] == [_layer_output(built, kind).name,
                                                c + '/BatchNorm_Fold/bias:0']
   _assert_rerouted(built, add_fold)
-  assert not _has_op(g, c + '/post_conv_mul')
-  assert not _has_op(g, 'freeze_batch_norm/reached')
+  assert not builders.has_op(g, c + '/post_conv_mul')
+  assert not builders.has_op(g, 'freeze_batch_norm/reached')
   if training:
     assert built.updates == []  # an inference-mode BN has none
   else:

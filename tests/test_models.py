@@ -160,3 +160,17 @@ def test_nchw_convolution_stays_float_and_is_reported():
     report = quantize.create_training_graph(graph)
     assert report.quantized_weights == []
     assert "data_format NCHW" in str(report)
+
+
+def test_unsupported_compute_and_lone_batch_norm_are_reported_as_float():
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf.compat.v1.placeholder(tf.float32, [4, 8, 8, 3])
+    net = tf.compat.v1.layers.batch_normalization(images, training=False, name="input_bn")
+    net = tf.reshape(net, [4, 8, 24])
+    weights = tf.compat.v1.get_variable("bmm_weights", [4, 24, 5])
+    tf.linalg.matmul(net, weights, name="bmm")
+    report = quantize.create_eval_graph(graph)
+  reasons = {f.op: f.reason for f in report.float_ops}
+  assert "not a supported layer type" in reasons["bmm"]
+  assert "does not follow a weight layer" in reasons["input_bn/FusedBatchNormV3"]

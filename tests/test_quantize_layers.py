@@ -35,14 +35,6 @@ def _op(graph, name):
   return graph.get_operation_by_name(name)
 
 
-def _has_op(graph, name):
-  try:
-    graph.get_operation_by_name(name)
-    return True
-  except KeyError:
-    return False
-
-
 def _fake_quants(graph):
   return [op for op in graph.get_operations() if op.type == FQ]
 
@@ -151,7 +143,7 @@ def test_add_after_conv2d_quantizes_the_conv_output_and_the_relu6(training):
   _assert_relu6_not_fed_by_fake_quant(g)
   # The add's output is covered after the fused ReLU6 (the add context is `test`), not by add_quant.
   _assert_quantizer(g, 'test/act_quant', 'test/relu6', training)
-  assert not _has_op(g, 'test/add_quant/' + FQ)
+  assert not builders.has_op(g, 'test/add_quant/' + FQ)
 
 
 @TRAINING
@@ -251,7 +243,7 @@ def test_overlapping_post_activation_bypass_is_quantized_once(training):
   # quantizer is not used, since a ReLU follows the add.
   _assert_quantizer(g, 'test/test2/conv_quant', 'test/test2/BiasAdd', training)
   _assert_quantizer(g, 'test/act_quant', 'test/output', training)
-  assert not _has_op(g, 'test/post_activation_bypass_quant/' + FQ)
+  assert not builders.has_op(g, 'test/post_activation_bypass_quant/' + FQ)
   assert len(_fake_quants(g)) == 5
   assert _op(g, 'test/test1/act_quant/' + FQ).inputs[0].op.type == 'Relu6'
   assert _op(g, 'test/act_quant/' + FQ).inputs[0].op.type == 'Relu6'
@@ -333,7 +325,7 @@ def test_fake_quant_after_a_reshape_is_respected(training):
   g, reshape = _conv_reshape(user_fake_quant=True)
   _rewrite(g, training)
   assert FQ not in _input_types(reshape.op)
-  assert not _has_op(g, 'test/test/act_quant/' + FQ)
+  assert not builders.has_op(g, 'test/test/act_quant/' + FQ)
   assert _op(g, 'test/test/Conv2D').inputs[1].op.name == 'test/test/weights_quant/' + FQ
 
 
@@ -370,7 +362,7 @@ def test_shared_resource_weights_get_one_quantizer():
                              'depthwise_conv_1/depthwise/ReadVariableOp', True, weights=True)
   assert _op(g, 'depthwise_conv_1/depthwise').inputs[1] is shared.outputs[0]
   assert _op(g, 'depthwise_conv_2/depthwise').inputs[1] is shared.outputs[0]
-  assert not _has_op(g, 'depthwise_conv_2/weights_quant/' + FQ)
+  assert not builders.has_op(g, 'depthwise_conv_2/weights_quant/' + FQ)
   between = _assert_quantizer(g, 'depthwise_conv_1/act_quant', 'depthwise_conv_1/depthwise', True)
   assert _op(g, 'depthwise_conv_2/depthwise').inputs[0] is between.outputs[0]
   conv_out = _assert_quantizer(g, 'depthwise_conv_2/conv_quant', 'depthwise_conv_2/depthwise', True)

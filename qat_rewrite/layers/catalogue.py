@@ -83,6 +83,11 @@ LAYER_KINDS = (
     LayerKind("matmul", ("MatMul",), 0, 1, _matmul_scale, _matmul_per_channel),
 )
 
+# Compute ops with weights or heavy arithmetic that no LayerKind covers: reported as float.
+UNSUPPORTED_COMPUTE_TYPES = frozenset({
+    "Conv3D", "Conv3DBackpropInputV2", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3",
+    "DepthwiseConv2dNativeBackpropInput", "Einsum"})
+
 _BY_TYPE = {t: kind for kind in LAYER_KINDS for t in kind.op_types}
 LAYER_TYPES = tuple(_BY_TYPE)
 

@@ -15,7 +15,7 @@ from qat_rewrite.graph import editor
 from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.graph.view import GraphView, context, is_fake_quantized, join, variable_source
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
-from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES
+from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import quantizable_layer
 from qat_rewrite.passes.fold_batch_norm import folded_away_ops
 from qat_rewrite.quant import fake_quant
@@ -180,4 +180,6 @@ def _unmatched_layers(view, matches, settings):
       float_ops.append(FloatOp(op.name, op.type, "outside the requested scope"))
     elif op.type in LAYER_TYPES and op not in matched:
       float_ops.append(FloatOp(op.name, op.type, "no quantizable pattern matched"))
+    elif op.type in UNSUPPORTED_COMPUTE_TYPES and settings.in_scope(op):
+      float_ops.append(FloatOp(op.name, op.type, "%s is not a supported layer type" % op.type))
   return float_ops
