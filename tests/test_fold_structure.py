@@ -190,9 +190,9 @@ def _layer_output(built, kind):
   return batch_to_space.outputs[0]
 
 
-def _assert_rerouted(built, add_fold):
-  """add_fold replaced the batch norm output for all its consumers; the batch norm dangles."""
-  assert add_fold.type == 'AddV2'  # contrib: Add
+def _assert_rerouted(built, add_fold, op_type='AddV2'):
+  """The fold output replaced the batch norm output for all its consumers; the batch norm dangles."""
+  assert add_fold.type == op_type  # contrib: Add
   assert sorted(c.name for c in add_fold.outputs[0].consumers()) == built.outputs
   assert built.bn_output.consumers() == []
   assert not [op.name for op in built.graph.get_operations() if '//' in op.name]
@@ -203,23 +203,33 @@ def _from_fold(tensor, built):
 
 
 def _assert_training_fold(built, kind, freeze):
-  """layer -> post_conv_mul -> add_fold; the moving averages follow the folded layer's stats."""
+  """The moving averages follow the folded layer's statistics.
+
+  Without freeze: layer -> post_conv_mul (÷ scale) -> BatchNorm_Fold/FusedBatchNorm, one fused
+  batch norm with batch statistics. With freeze: layer -> post_conv_mul -> add_fold, whose
+  scale and offset switch to the moving statistics.
+  """
   g, c = built.graph, built.ctx
   _assert_folded_weights(built, kind)
   post = _op(g, c + '/post_conv_mul')
   assert post.type == 'Mul'
   assert post.inputs[0] is _layer_output(built, kind)
   assert _from_fold(post.inputs[1], built)
+  mean, var = (op.inputs[1] for op in built.updates)
+  if freeze is None:
+    fold_out = _op(g, c + '/BatchNorm_Fold/FusedBatchNorm')
+    bn = fold_out if fold_out.type == 'FusedBatchNormV3' else _op(g, c + '/BatchNorm_Fold/FusedBatchNorm_4d')
+    assert bn.type == 'FusedBatchNormV3' and bn.get_attr('is_training')
+    to_bn = bn.inputs[0].op
+    assert to_bn is post or (to_bn.type == 'Reshape' and to_bn.inputs[0] is post.outputs[0])
+    _assert_rerouted(built, fold_out, fold_out.type)
+    assert _from_fold(mean, built) and _from_fold(var, built)
+    assert not builders.has_op(g, 'freeze_batch_norm/reached')
+    return
   add_fold = _op(g, c + '/add_fold')
   assert add_fold.inputs[0] is post.outputs[0]
   assert _from_fold(add_fold.inputs[1], built)
   _assert_rerouted(built, add_fold)
-
-  mean, var = (op.inputs[1] for op in built.updates)
-  if freeze is None:
-    assert _from_fold(mean, built) and _from_fold(var, built)
-    assert not builders.has_op(g, 'freeze_batch_norm/reached')
-    return
   # contrib: input 1 of `AssignMovingAvg/mul` (the decay) came from `freeze_moving_mean/Merge`.
   assert mean.name == c + '/BatchNorm_Fold/freeze_moving_mean:0'
   assert var.name == c + '/BatchNorm_Fold/freeze_moving_var:0'
@@ -319,9 +329,10 @@ def test_fold_multiple_layers_uses_each_layers_own_batch_norm(fused, freeze):
   assert conv.inputs[0] is layer1  # layer1's relu output
   _assert_training_fold(built, 'conv2d', freeze)
 
-  # layer1's bias is folded into its add_fold, which now feeds the relu instead of its own BN.
+  # layer1's fold output (add_fold, or the fused batch norm without freeze) now feeds the relu.
   layer1_ctx = 'topnet/testnet/testnet/layer1'
-  assert _op(g, layer1_ctx + '/add_fold').outputs[0] is layer1.op.inputs[0]
+  fold_out = layer1_ctx + ('/add_fold' if freeze else '/BatchNorm_Fold/FusedBatchNorm')
+  assert _op(g, fold_out).outputs[0] is layer1.op.inputs[0]
   reads = {_variable_read(t) for t in _op(g, layer1_ctx + '/BatchNorm_Fold/mul').inputs}
   assert 'topnet/testnet/layer1/gamma' in reads
   updates = _op(g, 'topnet/testnet/layer1/AssignMovingAvg/sub').inputs[1]

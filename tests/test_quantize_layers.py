@@ -452,7 +452,7 @@ def _assert_quantized_layer(graph, report, kind, normalizer, act_name, with_bypa
     # Folded in place: contrib quantized `mul_fold` for a `<layer>_Fold` clone.
     weights = p + 'mul_fold'
     assert layer.inputs[1].op.name.startswith(p + 'weights_quant/')
-    layer_out = p + 'add_fold'
+    layer_out = p + 'BatchNorm_Fold/FusedBatchNorm'  # the training fold's batch norm (see README)
   else:
     weights = p + layer_op + '/ReadVariableOp' if use_resource else p + weight_var + '/read'
     layer_out = p + 'BiasAdd'

@@ -73,6 +73,8 @@ def _match_op(pattern, tensor, bindings):
   op = tensor.op
   if op.type not in pattern.types:
     return
+  if pattern.output is not None and tensor.value_index != pattern.output:
+    return
   if pattern.where is not None and not pattern.where(op):
     return
   bindings = _bind(bindings, pattern.role, op, tensor, True)

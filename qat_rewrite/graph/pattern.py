@@ -16,20 +16,23 @@ class Op:
   """An op whose type is one of `types`, with inputs matching `inputs`.
 
   `inputs=None` accepts any inputs. `ordered=False` lets the inputs match in any
-  order (Add, Mul). `where(op)` is an extra predicate on the op.
+  order (Add, Mul). `where(op)` is an extra predicate on the op. `output` requires
+  the op to be reached through that output (FusedBatchNorm's y, not its mean).
   """
   types: Tuple[str, ...]
   inputs: Opt[Sequence["Pattern"]] = None
   role: Opt[str] = None
   ordered: bool = True
   where: Opt[Callable] = None
+  output: Opt[int] = None
 
-  def __init__(self, types, inputs=None, role=None, ordered=True, where=None):
+  def __init__(self, types, inputs=None, role=None, ordered=True, where=None, output=None):
     object.__setattr__(self, "types", (types,) if isinstance(types, str) else tuple(types))
     object.__setattr__(self, "inputs", None if inputs is None else tuple(inputs))
     object.__setattr__(self, "role", role)
     object.__setattr__(self, "ordered", ordered)
     object.__setattr__(self, "where", where)
+    object.__setattr__(self, "output", output)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,8 @@ from qat_rewrite.graph.pattern import Any, OneOf, Op, Optional
 from qat_rewrite.graph.view import is_activation_tensor, is_channel_vector
 from qat_rewrite.layers.catalogue import ACTIVATION_TYPES, ADD_TYPES, LAYER_TYPES
 
+FUSED_BATCH_NORM_TYPES = ("FusedBatchNorm", "FusedBatchNormV3")
+
 
 def _layer_output():
   layer = Op(LAYER_TYPES, role="layer")
@@ -26,8 +28,9 @@ def _bias(inner, role="bias"):
 def quantizable_layer():
   """weight layer → [batch_to_space] → [fold scale] → [bias] → [bypass] → [activation] → [post bypass]."""
   chain = _layer_output()
-  chain = Optional(Op("Mul", [chain, Any(role="fold_scale_value", where=is_channel_vector)],
-                      role="fold_scale", ordered=False))
+  scaled = Op("Mul", [chain, Any(role="fold_scale_value", where=is_channel_vector)],
+              role="fold_scale", ordered=False)
+  chain = Optional(OneOf(_folded_batch_norm(scaled), scaled), skip=chain)
   chain = _bias(chain)
   # A batch norm with forced updates (an Identity that waits for the moving-average updates).
   chain = Optional(Op("Identity", [chain], role="forced_updates", where=lambda op: op.control_inputs))
@@ -38,6 +41,16 @@ def quantizable_layer():
   post_bypass = Op(ADD_TYPES, [activation, Any(role="post_bypass_value", where=is_activation_tensor)],
                    role="post_bypass", ordered=False, where=_not_followed_by_relu)
   return OneOf(post_bypass, activation, pre_activation)
+
+
+def _folded_batch_norm(scaled):
+  """What a training-mode fold leaves: batch norm of the layer output divided by its scale
+  (reshaped to 4-D and back for a MatMul)."""
+  def bn(inputs):
+    return Op(FUSED_BATCH_NORM_TYPES, [inputs, Any(), Any(), Any(), Any()], role="folded_bn",
+              output=0)
+  to_4d = Op("Reshape", [scaled, Any()], role="fold_reshape")
+  return OneOf(bn(scaled), Op("Reshape", [bn(to_4d), Any()], role="fold_reshape_back"))
 
 
 def _not_followed_by_relu(op):
@@ -54,7 +67,7 @@ def bn_input():
 def fused_batch_norm():
   """FusedBatchNorm needs 4-D input: a MatMul output is reshaped to 4-D and back around it."""
   to_4d = Optional(Op("Reshape", [bn_input(), Any()], role="reshape"))
-  return Op(("FusedBatchNorm", "FusedBatchNormV3"),
+  return Op(FUSED_BATCH_NORM_TYPES,
             [to_4d, Any("gamma"), Any("beta"), Any("mean"), Any("variance")], role="bn")
 
 

@@ -238,7 +238,9 @@ def fold(view, f, training, frozen=None):
   editor.replace_input(f.layer, kind.weight_input, mul_fold)
   y = f.layer_output
   with graph.name_scope(join(ctx, "BatchNorm_Fold") + "/"):
-    if batch_stats:
+    if batch_stats and frozen is None:
+      folded = _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias)
+    elif batch_stats:
       multiplier, offset = _batch_statistics_correction(
           view, f, y, scale, gamma, beta, bias, moving_mean, moving_var, frozen)
     else:
@@ -247,10 +249,11 @@ def fold(view, f, training, frozen=None):
         # The eval graph must not change the model: its moving-average updates become no-ops.
         _reroute_statistic(view, f, f.batch_mean, moving_mean, input_index=3)
         _reroute_statistic(view, f, f.batch_variance, moving_var, input_index=4)
-  with graph.name_scope(join(ctx, "") if ctx else None):
-    if batch_stats:
-      y = tf.multiply(y, multiplier, name="post_conv_mul")
-    folded = tf.add(y, offset, name="add_fold")
+  if not batch_stats or frozen is not None:
+    with graph.name_scope(join(ctx, "") if ctx else None):
+      if batch_stats:
+        y = tf.multiply(y, multiplier, name="post_conv_mul")
+      folded = tf.add(y, offset, name="add_fold")
   changed = editor.reroute(f.output, folded, view.consumers(f.output))
   if not changed:
     notes.append("batch norm %s output had no consumers" % f.bn_name)
@@ -259,6 +262,34 @@ def fold(view, f, training, frozen=None):
 
 def _as_value(t, name):
   return read_variable(t, name) if t.dtype in (tf.resource,) or t.dtype._is_ref_dtype else t
+
+
+def _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias):
+  """Batch-statistics batch norm of y/s, which is the original layer output up to its bias.
+
+  One FusedBatchNorm does the statistics, the normalization and (in the backward pass)
+  the full batch-norm gradient; a bias before the batch norm cancels out of it.
+  """
+  inverse_scale = tf.math.divide_no_nan(1.0, scale, name="inverse_scale")
+  ctx = context(f.layer)
+  with tf.compat.v1.get_default_graph().name_scope(join(ctx, "") if ctx else None):
+    unscaled = tf.multiply(y, inverse_scale, name="post_conv_mul")
+  channels = scale.shape[-1]
+  rank4 = unscaled.shape.rank == 4
+  x = unscaled if rank4 else tf.reshape(unscaled, [-1, 1, 1, channels])
+  # `BatchNorm_Fold/FusedBatchNorm:0` is the fold's output either way.
+  out, batch_mean, batch_var = tf.compat.v1.nn.fused_batch_norm(
+      x, gamma, beta, epsilon=f.epsilon, is_training=True,
+      name="FusedBatchNorm" if rank4 else "FusedBatchNorm_4d")
+  if not rank4:
+    out = tf.reshape(out, tf.shape(unscaled), name="FusedBatchNorm")
+  stat_var = batch_var  # Bessel-corrected, as FusedBatchNorm's own update reads it
+  if f.fused_op is None:
+    count = tf.cast(tf.size(x) // channels, tf.float32)
+    stat_var = batch_var * tf.maximum(count - 1.0, 1.0) / count  # moments give the biased one
+  _reroute_statistic(view, f, f.batch_mean, batch_mean + bias, input_index=3)
+  _reroute_statistic(view, f, f.batch_variance, stat_var, input_index=4)
+  return out
 
 
 def _batch_statistics_correction(view, f, y, scale, gamma, beta, bias, moving_mean, moving_var,

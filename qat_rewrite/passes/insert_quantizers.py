@@ -16,12 +16,15 @@ from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.graph.view import GraphView, context, is_fake_quantized, join, variable_source
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
-from qat_rewrite.layers.patterns import quantizable_layer
+from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
 from qat_rewrite.passes.fold_batch_norm import folded_away_ops
 from qat_rewrite.quant import fake_quant
 from qat_rewrite.report import FloatOp, LayerReport
 
 _RELU_TYPES = ("Relu", "Relu6")
+# The ops of a layer before its residual add and activation, last first.
+_CHAIN_ROLES_LAST_FIRST = ("forced_updates", "bias", "fold_reshape_back", "folded_bn", "fold_scale",
+                           "batch_to_space", "layer")
 _GENERIC_TYPES = ADD_TYPES + ("Mul",)
 
 
@@ -57,6 +60,7 @@ def insert_quantizers(graph, settings, folded):
       continue
     reports.append(_quantize_layer(view, m, settings, folded, quantized_weights))
   others = _quantize_generic_ops(graph, settings, layer_ops)
+  float_ops.extend(_lone_batch_norms(view, settings, layer_ops))
   return reports, others, float_ops
 
 
@@ -66,8 +70,7 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
   report = LayerReport(layer=layer.name, kind=kind.name, folded_batch_norm=folded.get(layer.name))
   _quantize_weights(view, layer, kind, settings, quantized_weights, report)
   ctx = context(layer)
-  last = (m.op("forced_updates") or m.op("bias") or m.op("fold_scale") or m.op("batch_to_space")
-          or layer)
+  last = next(m.op(role) for role in _CHAIN_ROLES_LAST_FIRST if m.has(role))
   if m.has("bypass"):
     add_ctx = context(m.op("bypass"))
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
@@ -168,6 +171,14 @@ def _reaches_fake_quant(tensor, memo):
     elif op.type in _GENERIC_TYPES:
       memo[op] = any(_reaches_fake_quant(t, memo) for t in op.inputs)
   return memo[op]
+
+
+def _lone_batch_norms(view, settings, layer_ops):
+  """Batch norms still computing that belong to no layer (e.g. on the model input)."""
+  return [FloatOp(op.name, op.type, "batch norm that does not follow a weight layer")
+          for op in view.ops
+          if op.type in FUSED_BATCH_NORM_TYPES and op not in layer_ops and settings.in_scope(op)
+          and not view.is_dangling(op)]
 
 
 def _unmatched_layers(view, matches, settings):

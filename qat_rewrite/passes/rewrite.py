@@ -82,12 +82,7 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
     layers, others, float_ops = insert_quantizers(graph, settings, folded)
   report.layers, report.other_quantizers = layers, others
   report.float_ops.extend(float_ops)
-  reported = {f.op for f in report.float_ops} | set(folded.values())
-  report.float_ops.extend(
-      FloatOp(op.name, op.type, "batch norm that does not follow a weight layer")
-      for op in graph.get_operations()
-      if op.type.startswith("FusedBatchNorm") and in_scope(op) and op.name not in reported
-      and any(c for t in op.outputs for c in t.consumers()))
+
   logging.info("%s (%.2f s)", report.summary(), time.perf_counter() - started)
   logging.debug("%s", report)
   return report
