@@ -134,7 +134,8 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None)
   with graph.as_default():
     quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.training,
                                          delay_reached=settings.delay_reached(scope + "activate_quant"),
-                                         use_resource=settings.use_resource)
+                                         use_resource=settings.use_resource,
+                                         nonnegative=tensor.op.type in _RELU_TYPES)
   editor.reroute(tensor, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
   return quantized

@@ -48,44 +48,64 @@ def _variable(name, shape, dtype, init, scope, use_resource=None):
         aggregation=tf.VariableAggregation.MEAN)
 
 
-def _batch_range(x, spec, channels):
+def _batch_range(x, spec, channels, nonnegative):
+  """The batch's range, widened to contain 0 (or made symmetric)."""
   axes = list(range(x.shape.rank - 1)) if channels else None
-  batch_min = tf.reduce_min(x, axis=axes, name="BatchMin")
   batch_max = tf.reduce_max(x, axis=axes, name="BatchMax")
+  if nonnegative and not spec.symmetric:
+    return 0.0, tf.maximum(batch_max, 0.0)  # after a ReLU the minimum is 0: skip the reduction
+  batch_min = tf.reduce_min(x, axis=axes, name="BatchMin")
   if spec.symmetric:
     ratio = -1.0 if spec.narrow_range else -(2.0 ** spec.bits - 2.0) / 2.0 ** spec.bits
     return (tf.minimum(batch_min, batch_max / ratio), tf.maximum(batch_max, batch_min * ratio))
   return tf.minimum(batch_min, 0.0), tf.maximum(batch_max, 0.0)
 
 
-def _updated_range(x, spec, min_var, max_var, channels, use_resource):
-  range_min, range_max = _batch_range(x, spec, channels)
+def _assign(var, value, name):
+  """Assigns `value`: the assign op (resource variables) or the updated ref tensor."""
+  if var.dtype._is_ref_dtype:  # pylint: disable=protected-access
+    return tf.compat.v1.assign(var, value, name=name)
+  return var.assign(value, read_value=False, name=name)
+
+
+def _read_after(var, update):
+  """The variable's value once `update` (an assign op, a ref tensor or None) has run."""
+  if isinstance(update, tf.Tensor):
+    return update
+  with tf.control_dependencies([update] if update is not None else []):
+    return var.value()
+
+
+def _updated_range(x, spec, min_var, max_var, channels, use_resource, nonnegative):
+  range_min, range_max = _batch_range(x, spec, channels, nonnegative)
   if spec.tracker == LAST_VALUE:
-    return (tf.compat.v1.assign(min_var, range_min, name="AssignMinLast"),
-            tf.compat.v1.assign(max_var, range_max, name="AssignMaxLast"))
-  return _zero_debiased_ema(min_var, max_var, range_min, range_max, spec.ema_decay, use_resource)
-
-
-def _zero_debiased_ema(min_var, max_var, range_min, range_max, decay, use_resource):
-  """Moving averages of the range, zero-debiased as TF1's assign_moving_average.
-
-  The debiased average m_t = b_t / (1 - d^t) of the biased one b_t = d·b_(t-1) + (1-d)·x_t
-  obeys m_t = (d·(1 - d^(t-1))·m_(t-1) + (1-d)·x_t) / (1 - d^t), so only m and t are
-  stored: the first step takes the batch range as it is, and later ones average.
-  """
+    return (_assign(min_var, range_min, "AssignMinLast"),
+            _assign(max_var, range_max, "AssignMaxLast"))
   local_step = _variable("local_step", [], tf.float32, 0.0, min_var.op.name.rpartition("/")[0],
                          use_resource)
-  decay_power = tf.pow(decay, tf.compat.v1.assign_add(local_step, 1.0))
-  norm = 1.0 - decay_power
-  old_weight, new_weight = (decay - decay_power) / norm, (1.0 - decay) / norm
-  return (tf.compat.v1.assign(min_var, old_weight * min_var + new_weight * range_min,
-                              name="AssignMinEma"),
-          tf.compat.v1.assign(max_var, old_weight * max_var + new_weight * range_max,
-                              name="AssignMaxEma"))
+  weight = _debiased_weight(local_step, spec.ema_decay)
+  return (_moving_average(min_var, range_min, weight, "AssignMinEma"),
+          _moving_average(max_var, range_max, weight, "AssignMaxEma"))
+
+
+def _moving_average(var, value, weight, name):
+  old = var.value()
+  return _assign(var, old + weight * (value - old), name)
+
+
+def _debiased_weight(local_step, decay):
+  """The weight w_t of the new value in a zero-debiased moving average, m_t = m + w_t·(x - m).
+
+  TF1's assign_moving_average(zero_debias=True) reports m_t = b_t / (1 - d^t) for the biased
+  average b_t = d·b_(t-1) + (1-d)·x_t; that equals m_(t-1) + (1-d)/(1-d^t)·(x_t - m_(t-1)), so
+  only m and the step t are stored, and the first step takes the batch range as it is.
+  """
+  step = tf.compat.v1.assign_add(local_step, 1.0)
+  return (1.0 - decay) / (1.0 - tf.pow(decay, step))
 
 
 def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reached=None,
-                  use_resource=None):
+                  use_resource=None, nonnegative=False):
   """Returns `x` fake-quantized under `spec`, with its range variables in `scope`.
 
   `scope` is an absolute name scope ending in '/'. In training the range follows
@@ -93,6 +113,7 @@ def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reache
   `per_channel_shape` reshapes `x` so its channels are last (depthwise weights).
   `delay_reached`, a scalar bool, passes `x` through unchanged until it is true.
   `use_resource` picks resource or ref variables (None: TensorFlow's default).
+  `nonnegative` says `x` is never below 0 (a ReLU output), so its minimum need not be measured.
   """
   graph = x.graph
   var_scope = scope.rstrip("/")
@@ -104,18 +125,15 @@ def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reache
     shape = [channels] if channels else []
     min_var = _variable("min", shape, tf.float32, spec.init_min, var_scope, use_resource)
     max_var = _variable("max", shape, tf.float32, spec.init_max, var_scope, use_resource)
+    updates = (None, None)
     if training:
-      range_min, range_max = _updated_range(source, spec, min_var, max_var, channels, use_resource)
-    else:
-      range_min, range_max = min_var, max_var
-    if channels:
-      quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-          source, range_min, range_max, num_bits=spec.bits, narrow_range=spec.narrow_range,
-          name="FakeQuantWithMinMaxVarsPerChannel")
-    else:
-      quantized = tf.quantization.fake_quant_with_min_max_vars(
-          source, range_min, range_max, num_bits=spec.bits, narrow_range=spec.narrow_range,
-          name="FakeQuantWithMinMaxVars")
+      updates = _updated_range(source, spec, min_var, max_var, channels, use_resource, nonnegative)
+    fake_quant_op = (tf.quantization.fake_quant_with_min_max_vars_per_channel if channels
+                     else tf.quantization.fake_quant_with_min_max_vars)
+    with tf.name_scope("FakeQuantWithMinMaxVars" + ("PerChannel" if channels else "")) as op_name:
+      range_min, range_max = _read_after(min_var, updates[0]), _read_after(max_var, updates[1])
+      quantized = fake_quant_op(source, range_min, range_max, num_bits=spec.bits,
+                                narrow_range=spec.narrow_range, name=op_name)
     if source is not x:
       quantized = tf.reshape(quantized, tf.shape(x), name="per_channel_restore")
     if delay_reached is not None:
