@@ -5,6 +5,8 @@ tf.contrib.quantize named them (`<scope>/min`, `<scope>/max`), so contrib-era ev
 checkpoints restore; a moving average adds `<scope>/local_step`.
 """
 
+import weakref
+
 import tensorflow as tf
 
 from qat_rewrite.quant.spec import LAST_VALUE
@@ -36,13 +38,29 @@ def step_reached(graph, step_count, name, use_resource=None):
     return tf.greater(quantization_step(graph, use_resource), threshold, name="reached")
 
 
+_INITIAL_VALUES = weakref.WeakKeyDictionary()  # graph -> {(value, dtype): scalar Const}
+
+
+def _initial_value(graph, value, dtype, shape):
+  """Scalar initial values are shared by all range variables of a graph: fewer ops to build."""
+  if shape:
+    return tf.constant(value, dtype=dtype, shape=shape, name="Initializer/Const")
+  cache = _INITIAL_VALUES.setdefault(graph, {})
+  key = (float(value), dtype)
+  if key not in cache:
+    with graph.name_scope("quantizer_initial_values/"), tf.control_dependencies(None):
+      cache[key] = tf.constant(value, dtype=dtype)
+  return cache[key]
+
+
 def _variable(name, shape, dtype, init, scope, use_resource=None):
   """A non-trainable variable named exactly `<scope>/<name>`, in GLOBAL_VARIABLES."""
   if use_resource is None:
     use_resource = tf.compat.v1.resource_variables_enabled()
-  with tf.compat.v1.get_default_graph().name_scope(scope + "/" if scope else None):
+  graph = tf.compat.v1.get_default_graph()
+  with graph.name_scope(scope + "/" if scope else None):
     return tf.compat.v1.Variable(
-        tf.constant(init, dtype=dtype, shape=shape, name="Initializer/Const"), trainable=False,
+        _initial_value(graph, init, dtype, shape), trainable=False,
         name=name, use_resource=use_resource,
         collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES],
         aggregation=tf.VariableAggregation.MEAN)
