@@ -7,7 +7,7 @@ and run the variable initializer after it: it adds variables (the ranges).
 
 A "step" for `quant_delay` and `freeze_bn_delay` is one session.run that
 evaluates the rewritten graph: the `fake_quantization_step` counter advances each
-time, as in contrib.
+time, as in contrib. `quant_delay=N` keeps the first N runs float.
 """
 
 import tensorflow as tf
