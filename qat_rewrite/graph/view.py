@@ -22,7 +22,7 @@ class GraphView:
     self._consumers = collections.defaultdict(list)
     for op in self.ops:
       for t in op.inputs:
-        self._consumers[t.ref() if hasattr(t, "ref") else t].append(op)
+        self._consumers[t.ref()].append(op)
 
   def consumers(self, tensor):
     return list(self._consumers.get(tensor.ref(), ()))

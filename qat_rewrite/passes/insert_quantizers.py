@@ -9,7 +9,7 @@ by quantized tensors.
 """
 
 import dataclasses
-from typing import Callable, List, Optional
+from typing import Callable
 
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.matcher import find_matches
@@ -32,8 +32,8 @@ _GENERIC_TYPES = ADD_TYPES + ("Mul",)
 class Settings:
   """What the caller asked for; `weight_spec` and `activation_spec` build QuantSpecs."""
   training: bool
-  weight_spec: object
-  activation_spec: object
+  weight_spec: Callable
+  activation_spec: Callable
   in_scope: Callable
   excluded: dict  # layer op -> why it stays float
   delay_reached: Callable  # name -> scalar bool tensor, or None without quant_delay

@@ -5,8 +5,8 @@ import time
 
 from absl import logging
 
-from qat_rewrite.passes import checks
 from qat_rewrite.graph.view import GraphView
+from qat_rewrite.passes import checks
 from qat_rewrite.passes.fold_batch_norm import apply_folds, find_batch_norm_folds
 from qat_rewrite.passes.insert_quantizers import Settings, insert_quantizers
 from qat_rewrite.quant import fake_quant
@@ -70,16 +70,14 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
   if excluded:
     logging.warning("%d layers stay float: their batch norm is behind a training-flag "
                     "conditional (e.g. %s)", len(excluded), next(iter(conditional.values())).name)
-  with graph.as_default():
-    delayed = bool(quant_delay)
-    settings = Settings(
-        training=training,
-        weight_spec=lambda per_channel=per_channel: make_weight_spec(per_channel=per_channel),
-        activation_spec=make_activation_spec, in_scope=in_scope, excluded=excluded,
-        use_resource=use_resource,
-        delay_reached=lambda name: (fake_quant.step_reached(graph, quant_delay, name, use_resource)
-                                    if delayed else None))
-    layers, others, float_ops = insert_quantizers(graph, settings, folded)
+  settings = Settings(
+      training=training,
+      weight_spec=lambda per_channel=per_channel: make_weight_spec(per_channel=per_channel),
+      activation_spec=make_activation_spec, in_scope=in_scope, excluded=excluded,
+      use_resource=use_resource,
+      delay_reached=lambda name: (fake_quant.step_reached(graph, quant_delay, name, use_resource)
+                                  if quant_delay else None))
+  layers, others, float_ops = insert_quantizers(graph, settings, folded)
   report.layers, report.other_quantizers = layers, others
   report.float_ops.extend(float_ops)
 
