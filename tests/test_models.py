@@ -58,6 +58,9 @@ def test_resnet50_training_graph_quantizes_all_54_layers_and_folds_53_batch_norm
 def test_mobilenet_v2_eval_graph_quantizes_depthwise_and_residual_adds():
   graph, images, logits, _ = _keras_graph("MobileNetV2", training=False)
   report = quantize.create_eval_graph(graph)
+  rewritten = graph.as_graph_def()
+  assert quantize.create_eval_graph(graph).quantizer_count == 0  # a second call changes nothing
+  assert graph.as_graph_def() == rewritten
   live = _ancestors([logits])
   layers = [op for op in live if op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul")]
   assert len(layers) == 53 and all(_weight_is_quantized(op) for op in layers)
