@@ -4,13 +4,16 @@ Eval (or a batch norm already in inference mode): w' = w·γ/σ, b' = β + (b �
 the moving statistics, so the graph computes layer(x, q(w')) + b'.
 
 Training: the layer runs once, on weights scaled by the moving statistics,
-w' = w·s with s = γ/σ_moving, as PyTorch's QAT conv-BN does. The batch statistics are
-taken from y = layer(x, q(w')) divided back by s, and the output is corrected to
-exactly what batch-statistics BN gives: out = y·A + B with A = γ/(σ_batch·s) and
-B = β + (b − μ_batch)·γ/σ_batch. The original batch norm's moving-average updates are
-rerouted to these statistics, so the original convolution no longer runs at all.
-With `freeze_bn_delay` the fold switches to the moving statistics (A = 1) and the
-moving averages stop updating once the quantization step reaches the delay.
+w' = w·s with s = γ/σ_moving (what the eval graph will quantize), as PyTorch's QAT
+conv-BN does. y = layer(x, q(w')) divided back by s is the original layer output up to
+its bias, so one FusedBatchNorm in training mode on y/s gives exactly the batch-statistics
+output, the batch statistics and the full batch-norm gradient. The original batch
+norm's moving-average updates are rerouted to these statistics, so the original
+convolution no longer runs at all.
+
+With `freeze_bn_delay` the fold is out = y·A + B instead, with A = γ/(σ_batch·s) and
+B = β + (b − μ_batch)·γ/σ_batch from the moments of y; once the quantization step passes
+the delay, A = 1 and B uses the moving statistics, which stop updating.
 """
 
 import dataclasses
