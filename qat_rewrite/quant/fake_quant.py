@@ -5,8 +5,6 @@ tf.contrib.quantize named them (`<scope>/min`, `<scope>/max`), so contrib-era ev
 checkpoints restore; a moving average adds `<scope>/local_step`.
 """
 
-import weakref
-
 import tensorflow as tf
 
 from qat_rewrite.quant.spec import LAST_VALUE
@@ -38,19 +36,16 @@ def step_reached(graph, step_count, name, use_resource=None):
     return tf.greater(quantization_step(graph, use_resource), threshold, name="reached")
 
 
-_INITIAL_VALUES = weakref.WeakKeyDictionary()  # graph -> {(value, dtype): scalar Const}
-
-
 def _initial_value(graph, value, dtype, shape):
   """Scalar initial values are shared by all range variables of a graph: fewer ops to build."""
   if shape:
     return tf.constant(value, dtype=dtype, shape=shape, name="Initializer/Const")
-  cache = _INITIAL_VALUES.setdefault(graph, {})
-  key = (float(value), dtype)
-  if key not in cache:
-    with graph.name_scope("quantizer_initial_values/"), tf.control_dependencies(None):
-      cache[key] = tf.constant(value, dtype=dtype)
-  return cache[key]
+  name = "quantizer_initial_values/%s_%s" % (dtype.name, ("%g" % value).replace("-", "minus"))
+  try:
+    return graph.get_tensor_by_name(name + ":0")
+  except KeyError:
+    with graph.name_scope(None), tf.control_dependencies(None):
+      return tf.constant(value, dtype=dtype, name=name)
 
 
 def _variable(name, shape, dtype, init, scope, use_resource=None):
