@@ -81,3 +81,26 @@ def test_graph_ops_agree_with_numpy(method, rounding):
   np.testing.assert_array_equal(y_tf, pow2.quantize(values, 8, expected, rounding))
   np.testing.assert_array_equal(grad_tf, np.full_like(values, 3.0))  # straight-through
   assert zero_pos == pow2.ALL_ZERO_POS
+
+
+def test_training_positions_are_counted_and_eval_uses_the_most_frequent(tmp_path):
+  batches = [np.full(4, v, np.float32) for v in (1.0, 1.0, 0.2, 1.0, 0.2)]  # pos 6, 6, 9, 6, 9
+  with tf.Graph().as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [4])
+    y = pow2.fake_quantize_tracked(x, 8, 0, "layer/aquant/", training=True)
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      outputs = [sess.run(y, {x: b}) for b in batches]
+      tf.compat.v1.train.Saver().save(sess, str(tmp_path / "train"))
+  np.testing.assert_array_equal(outputs[2], pow2.quantize(batches[2], 8, 9))  # this batch's pos
+  with tf.Graph().as_default() as graph:
+    x = tf.compat.v1.placeholder(tf.float32, [4])
+    y = pow2.fake_quantize_tracked(x, 8, 0, "layer/aquant/", training=False)
+    with tf.compat.v1.Session() as sess:
+      with pytest.raises(tf.errors.InvalidArgumentError, match="no training position recorded"):
+        sess.run(tf.compat.v1.global_variables_initializer())
+        sess.run(y, {x: batches[2]})
+      tf.compat.v1.train.Saver().restore(sess, str(tmp_path / "train"))
+      out = sess.run(y, {x: batches[2]})
+  np.testing.assert_array_equal(out, pow2.quantize(batches[2], 8, 6))  # the mode: pos 6
+  assert not [op for op in graph.get_operations() if "Scatter" in op.type]  # eval: read-only

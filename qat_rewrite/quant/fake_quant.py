@@ -24,7 +24,7 @@ def quantization_step(graph, use_resource=None):
   except KeyError:
     pass
   with graph.as_default(), graph.name_scope(None):
-    var = _variable(STEP_NAME, [], tf.int64, 0, scope="", use_resource=use_resource)
+    var = new_variable(STEP_NAME, [], tf.int64, 0, scope="", use_resource=use_resource)
     with graph.name_scope(STEP_NAME + "/"):
       return tf.identity(tf.compat.v1.assign_add(var, 1), name="Identity")
 
@@ -48,7 +48,7 @@ def _initial_value(graph, value, dtype, shape):
       return tf.constant(value, dtype=dtype, name=name)
 
 
-def _variable(name, shape, dtype, init, scope, use_resource=None):
+def new_variable(name, shape, dtype, init, scope, use_resource=None):
   """A non-trainable variable named exactly `<scope>/<name>`, in GLOBAL_VARIABLES."""
   if use_resource is None:
     use_resource = tf.compat.v1.resource_variables_enabled()
@@ -94,7 +94,7 @@ def _updated_range(x, spec, min_var, max_var, channels, use_resource, nonnegativ
   if spec.tracker == LAST_VALUE:
     return (_assign(min_var, range_min, "AssignMinLast"),
             _assign(max_var, range_max, "AssignMaxLast"))
-  local_step = _variable("local_step", [], tf.float32, 0.0, min_var.op.name.rpartition("/")[0],
+  local_step = new_variable("local_step", [], tf.float32, 0.0, min_var.op.name.rpartition("/")[0],
                          use_resource)
   weight = _debiased_weight(local_step, spec.ema_decay)
   return (_moving_average(min_var, range_min, weight, "AssignMinEma"),
@@ -136,8 +136,8 @@ def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reache
       source = tf.reshape(x, per_channel_shape, name="per_channel_reshape")
     channels = source.shape[-1] if spec.per_channel else None
     shape = [channels] if channels else []
-    min_var = _variable("min", shape, tf.float32, spec.init_min, var_scope, use_resource)
-    max_var = _variable("max", shape, tf.float32, spec.init_max, var_scope, use_resource)
+    min_var = new_variable("min", shape, tf.float32, spec.init_min, var_scope, use_resource)
+    max_var = new_variable("max", shape, tf.float32, spec.init_max, var_scope, use_resource)
     updates = (None, None)
     if training:
       updates = _updated_range(source, spec, min_var, max_var, channels, use_resource, nonnegative)

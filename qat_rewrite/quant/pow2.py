@@ -17,6 +17,8 @@ reference) and a TF form (training graphs).
 import numpy as np
 import tensorflow as tf
 
+from qat_rewrite.quant.fake_quant import new_variable
+
 ALL_ZERO_POS = 127
 CANDIDATES = 5  # method 1/2 try pos_0 + 0 .. 4
 HALF_AWAY = "half_away_from_zero"  # weights, biases
@@ -132,3 +134,42 @@ def choose_pos_tf(x, bits, method, rounding=HALF_AWAY, depthwise=False):
   first_best = tf.reduce_min(tf.where(tf.equal(errors, tf.reduce_min(errors)))[:, 0])  # ties: smallest
   best = start + tf.cast(first_best, tf.int32)
   return tf.where(tf.equal(start, ALL_ZERO_POS), start, best)
+
+
+# Position state ------------------------------------------------------------------------------
+
+MIN_TRACKED_POS = -64  # positions tracked in training: MIN_TRACKED_POS .. ALL_ZERO_POS
+
+
+def fake_quantize_tracked(x, bits, method, scope, training, rounding=HALF_AWAY, depthwise=False,
+                          use_resource=None):
+  """Power-of-two fake quantization whose position is graph state, not a side file.
+
+  Training: each run picks the position on this batch (method 0/1/2), quantizes with it
+  and counts it in `<scope>/pos_histogram`. Eval: the most frequent training position
+  (ties: the smallest), so the eval and deploy position is stable and restores from the
+  training checkpoint. `scope` is an absolute name scope ending in '/'.
+  """
+  size = ALL_ZERO_POS - MIN_TRACKED_POS + 1
+  with tf.compat.v1.get_default_graph().name_scope(scope):
+    histogram = new_variable("pos_histogram", [size], tf.int64, 0, scope.rstrip("/"),
+                             use_resource)
+    if training:
+      pos = tf.clip_by_value(choose_pos_tf(x, bits, method, rounding, depthwise),
+                             MIN_TRACKED_POS, ALL_ZERO_POS)
+      count = tf.compat.v1.scatter_add(histogram, [pos - MIN_TRACKED_POS],
+                                       tf.ones([1], tf.int64))
+      with tf.control_dependencies([count]):
+        return fake_quantize(x, bits, pos, rounding, name="FixNeuron")
+    return fake_quantize(x, bits, tracked_pos(histogram), rounding, name="FixNeuron")
+
+
+def tracked_pos(histogram):
+  """The most frequent position in `histogram`; fails at run time if training never ran."""
+  counts = tf.convert_to_tensor(histogram)
+  trained = tf.debugging.assert_positive(
+      tf.reduce_sum(counts), message="no training position recorded for %s: restore a "
+      "checkpoint of the rewritten training graph" % histogram.op.name)
+  with tf.control_dependencies([trained]):
+    first_mode = tf.reduce_min(tf.where(tf.equal(counts, tf.reduce_max(counts)))[:, 0])
+  return tf.cast(first_mode, tf.int32) + MIN_TRACKED_POS
