@@ -1,0 +1,1 @@
+"""Deployment targets: what each accelerator's arithmetic requires of the quantized graph."""
