@@ -4,6 +4,7 @@ import collections
 
 import tensorflow as tf
 
+RELU_TYPES = ("Relu", "Relu6")
 FAKE_QUANT_TYPES = frozenset({
     "FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxArgs",
     "FakeQuantWithMinMaxVarsPerChannel"})
@@ -92,12 +93,22 @@ def variable_source(tensor):
   return None
 
 
-def read_variable(handle_or_ref, name):
-  """A fresh read of a variable given its handle (resource) or ref tensor."""
-  if handle_or_ref.dtype == tf.resource:
-    dtype = handle_or_ref.op.get_attr("dtype")
-    return tf.raw_ops.ReadVariableOp(resource=handle_or_ref, dtype=dtype, name=name)
-  return tf.identity(handle_or_ref, name=name)
+def value_of(tensor, name):
+  """`tensor` itself, or a fresh read if it is a variable's handle (resource) or ref tensor."""
+  if tensor.dtype == tf.resource:
+    dtype = tensor.op.get_attr("dtype")
+    return tf.raw_ops.ReadVariableOp(resource=tensor, dtype=dtype, name=name)
+  if tensor.dtype._is_ref_dtype:  # pylint: disable=protected-access
+    return tf.identity(tensor, name=name)
+  return tensor
+
+
+def sole_relu_consumer(op):
+  """The ReLU/ReLU6 that is the only consumer of `op`'s output, or None (TFLite fuses them)."""
+  consumers = op.outputs[0].consumers()
+  if len(consumers) == 1 and consumers[0].type in RELU_TYPES:
+    return consumers[0]
+  return None
 
 
 def is_channel_vector(tensor):

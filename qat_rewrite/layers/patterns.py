@@ -7,7 +7,7 @@ Roles captured: `layer` (the weight op), `batch_to_space` (atrous convolution),
 """
 
 from qat_rewrite.graph.pattern import Any, OneOf, Op, Optional
-from qat_rewrite.graph.view import is_activation_tensor, is_channel_vector
+from qat_rewrite.graph.view import is_activation_tensor, is_channel_vector, sole_relu_consumer
 from qat_rewrite.layers.catalogue import ACTIVATION_TYPES, ADD_TYPES, LAYER_TYPES
 
 FUSED_BATCH_NORM_TYPES = ("FusedBatchNorm", "FusedBatchNormV3")
@@ -54,8 +54,7 @@ def _folded_batch_norm(scaled):
 
 
 def _not_followed_by_relu(op):
-  consumers = op.outputs[0].consumers()
-  return not (len(consumers) == 1 and consumers[0].type in ("Relu", "Relu6"))
+  return sole_relu_consumer(op) is None
 
 
 def bn_input():

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.graph.view import GraphView, constant_value, context, join, read_variable
+from qat_rewrite.graph.view import GraphView, constant_value, context, join, value_of
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.patterns import fused_batch_norm, unfused_batch_norm
 from qat_rewrite.quant import fake_quant
@@ -228,8 +228,8 @@ def fold(view, f, training, frozen=None):
   ctx = context(f.layer)
   weight = f.layer.inputs[kind.weight_input]
   with graph.as_default(), graph.name_scope(join(ctx, "BatchNorm_Fold") + "/"):
-    moving_mean = _as_value(f.moving_mean, "moving_mean")
-    moving_var = _as_value(f.moving_variance, "moving_variance")
+    moving_mean = value_of(f.moving_mean, "moving_mean")
+    moving_var = value_of(f.moving_variance, "moving_variance")
     gamma = f.gamma if f.gamma is not None else tf.ones_like(moving_mean)
     beta = f.beta if f.beta is not None else tf.zeros_like(moving_mean)
     bias = f.bias if f.bias is not None else tf.zeros_like(moving_mean)
@@ -262,9 +262,6 @@ def fold(view, f, training, frozen=None):
     notes.append("batch norm %s output had no consumers" % f.bn_name)
   return notes
 
-
-def _as_value(t, name):
-  return read_variable(t, name) if t.dtype in (tf.resource,) or t.dtype._is_ref_dtype else t
 
 
 def _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias):

@@ -13,7 +13,8 @@ from typing import Callable
 
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.graph.view import GraphView, context, is_fake_quantized, join, variable_source
+from qat_rewrite.graph.view import (RELU_TYPES, GraphView, context, is_fake_quantized, join,
+                                    sole_relu_consumer, variable_source)
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
@@ -21,7 +22,6 @@ from qat_rewrite.passes.fold_batch_norm import folded_away_ops
 from qat_rewrite.quant import fake_quant
 from qat_rewrite.report import FloatOp, LayerReport
 
-_RELU_TYPES = ("Relu", "Relu6")
 # The ops of a layer before its residual add and activation, last first.
 _CHAIN_ROLES_LAST_FIRST = ("forced_updates", "bias", "fold_reshape_back", "folded_bn", "fold_scale",
                            "batch_to_space", "layer")
@@ -91,14 +91,6 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
   return report
 
 
-def _fused_relu_after(view, op):
-  """A residual add followed only by a ReLU is quantized after the ReLU (TFLite fuses them)."""
-  consumers = view.consumers(op.outputs[0])
-  if len(consumers) == 1 and consumers[0].type in _RELU_TYPES:
-    return consumers[0]
-  return op
-
-
 def _quantize_weights(view, layer, kind, settings, quantized_weights, report):
   weight = layer.inputs[kind.weight_input]
   report.weights_quantized = True
@@ -135,7 +127,7 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None)
     quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.training,
                                          delay_reached=settings.delay_reached(scope + "activate_quant"),
                                          use_resource=settings.use_resource,
-                                         nonnegative=tensor.op.type in _RELU_TYPES)
+                                         nonnegative=tensor.op.type in RELU_TYPES)
   editor.reroute(tensor, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
   return quantized
@@ -150,7 +142,7 @@ def _quantize_generic_ops(graph, settings, layer_ops):
       continue
     if not any(_reaches_fake_quant(t, memo) for t in op.inputs):
       continue
-    target = _fused_relu_after(view, op)
+    target = sole_relu_consumer(op) or op  # an add fused with its ReLU is quantized after it
     if view.followed_by_fake_quant(target.outputs[0]):
       continue
     holder = LayerReport(layer=op.name, kind="output")
