@@ -2,7 +2,7 @@
 
 import pytest
 
-from qat_rewrite.targets import dpu_arithmetic as dpu
+from qat_rewrite.targets.dpu import arithmetic as dpu
 
 
 @pytest.mark.parametrize("pi, pw, po, expected_pw", [

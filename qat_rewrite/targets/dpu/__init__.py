@@ -1,0 +1,1 @@
+"""The Xilinx DPU target: its arithmetic, deploy formats and integer reference runner."""
