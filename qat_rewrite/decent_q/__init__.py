@@ -1,6 +1,5 @@
-"""Drop-in replacement for Xilinx `decent_q`: `from qat_rewrite import decent_q`.
+"""Drop-in replacement for Xilinx `decent_q`: `from qat_rewrite import decent_q`."""
 
-So far: `QuantizeConfig`. The graph functions (CreateQuantizeTrainingGraph, ...) follow.
-"""
-
+from qat_rewrite.decent_q.api import (CreateQuantizeDeployGraph,  # noqa: F401
+                                      CreateQuantizeEvaluationGraph, CreateQuantizeTrainingGraph)
 from qat_rewrite.decent_q.config import QuantizeConfig  # noqa: F401

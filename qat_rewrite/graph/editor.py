@@ -1,7 +1,7 @@
-"""The one place that mutates existing ops: rerouting consumers to a new tensor.
+"""The one place that mutates existing ops: rerouting consumers, changing an attribute.
 
-TensorFlow has no public API to change an existing op's input, so this module
-wraps the private `Operation._update_input` once. Everything else in the package
+TensorFlow has no public API to change an existing op's input or attribute, so this
+module wraps the private `Operation._update_input` and `_set_attr` once. Everything else in the package
 only adds new ops, with public TF calls.
 """
 
@@ -25,3 +25,8 @@ def reroute(old, new, consumers):
 def unique_scope(graph, name):
   """An absolute, unused name scope: `ctx/act_quant`, then `ctx/act_quant_1`."""
   return graph.unique_name(name, mark_as_used=True) + "/"
+
+
+def set_attr(op, name, attr_value):
+  """Changes attribute `name` of an existing op (an AttrValue), e.g. LeakyReLU's alpha."""
+  op._set_attr(name, attr_value)  # pylint: disable=protected-access

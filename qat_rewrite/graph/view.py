@@ -138,3 +138,54 @@ def join(scope, name):
 
 def constant_value(tensor):
   return tf.get_static_value(tensor)
+
+
+def topological_order(ops):
+  """`ops` ordered so that every op comes after the ops among them it reads (data or control).
+
+  Creation order stops being topological once a rewrite reroutes inputs to new ops.
+  """
+  wanted = set(ops)
+  pending = {op: sum(1 for p in _producers(op) if p in wanted) for op in ops}
+  readers = collections.defaultdict(list)
+  for op in ops:
+    for p in _producers(op):
+      if p in wanted:
+        readers[p].append(op)
+  ready = [op for op in ops if not pending[op]]
+  order = []
+  while ready:
+    op = ready.pop()
+    order.append(op)
+    for reader in readers[op]:
+      pending[reader] -= 1
+      if not pending[reader]:
+        ready.append(reader)
+  if len(order) != len(ops):
+    raise ValueError("the graph has a cycle among %d ops (a while loop?)" % (len(ops) - len(order)))
+  return order
+
+
+def _producers(op):
+  return [t.op for t in op.inputs] + list(op.control_inputs)
+
+
+def subgraph_ops(graph, input_names, output_names):
+  """The ops on a data path from an input op to an output op, both ends included.
+
+  Weights and other constants feeding those ops are not in it: they belong to the op they feed.
+  """
+  view = GraphView(graph)
+  downstream, frontier = set(), [graph.get_operation_by_name(n) for n in input_names]
+  while frontier:
+    op = frontier.pop()
+    if op not in downstream:
+      downstream.add(op)
+      frontier.extend(view.op_consumers(op))
+  upstream, frontier = set(), [graph.get_operation_by_name(n) for n in output_names]
+  while frontier:
+    op = frontier.pop()
+    if op not in upstream:
+      upstream.add(op)
+      frontier.extend(t.op for t in op.inputs if t.op in downstream)
+  return upstream & downstream

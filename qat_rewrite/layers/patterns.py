@@ -25,15 +25,20 @@ def _bias(inner, role="bias"):
       Op(ADD_TYPES, [inner, vector], role=role, ordered=False)), skip=inner)
 
 
-def quantizable_layer():
-  """weight layer → [batch_to_space] → [fold scale] → [bias] → [bypass] → [activation] → [post bypass]."""
+def _layer_chain():
+  """weight layer → [batch_to_space] → [fold scale → folded batch norm] → [bias] → [forced updates]."""
   chain = _layer_output()
   scaled = Op("Mul", [chain, Any(role="fold_scale_value", where=is_channel_vector)],
               role="fold_scale", ordered=False)
   chain = Optional(OneOf(_folded_batch_norm(scaled), scaled), skip=chain)
   chain = _bias(chain)
   # A batch norm with forced updates (an Identity that waits for the moving-average updates).
-  chain = Optional(Op("Identity", [chain], role="forced_updates", where=lambda op: op.control_inputs))
+  return Optional(Op("Identity", [chain], role="forced_updates", where=lambda op: op.control_inputs))
+
+
+def quantizable_layer():
+  """weight layer → [batch_to_space] → [fold scale] → [bias] → [bypass] → [activation] → [post bypass]."""
+  chain = _layer_chain()
   pre_activation = Optional(Op(ADD_TYPES, [chain, Any(role="bypass_value", where=is_activation_tensor)],
                                role="bypass", ordered=False))
   activation = Op(ACTIVATION_TYPES, [pre_activation], role="activation")
@@ -41,6 +46,13 @@ def quantizable_layer():
   post_bypass = Op(ADD_TYPES, [activation, Any(role="post_bypass_value", where=is_activation_tensor)],
                    role="post_bypass", ordered=False, where=_not_followed_by_relu)
   return OneOf(post_bypass, activation, pre_activation)
+
+
+def compute_layer():
+  """weight layer → [batch_to_space] → [fold scale] → [bias] → [activation]: decent_q's conv
+  patterns, where a residual add is an element-wise op of its own."""
+  chain = _layer_chain()
+  return Optional(Op(ACTIVATION_TYPES, [chain], role="activation"), skip=chain)
 
 
 def _folded_batch_norm(scaled):

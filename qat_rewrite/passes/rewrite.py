@@ -27,6 +27,34 @@ def _check_delay(name, value):
                      % (name, value))
 
 
+def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None):
+  """The steps every target shares: refuse what cannot be rewritten, then fold batch norms.
+
+  Returns (report, folded, excluded, use_resource): the report so far, layer name -> folded
+  batch norm name, layers that must stay float -> why, and whether the graph uses resource
+  variables. Nothing is edited before every check has passed.
+  """
+  checks.check_no_training_ops(graph)
+  conditional = checks.conditional_batch_norms(graph, in_scope)
+  folds, unfoldable, folded_before = find_batch_norm_folds(GraphView(graph), in_scope)
+  if conditional and not folds and not folded_before:
+    checks.raise_conditional_batch_norm(next(iter(conditional.values())))
+  types = {op.type for op in graph.get_operations()}
+  use_resource = "VariableV2" not in types or "VarHandleOp" in types
+  folded, notes = apply_folds(graph, folds, training, freeze_bn_delay, use_resource)
+
+  report = QuantizeReport(mode="training" if training else "eval", notes=notes)
+  report.float_ops.extend(FloatOp(op.name, op.type, "batch norm not folded: " + why)
+                          for op, why in unfoldable)
+  excluded = {layer: "its batch norm is inside the training-flag conditional %s; build with "
+                     "training=True/False to quantize it" % cond.name
+              for layer, cond in conditional.items()}
+  if excluded:
+    logging.warning("%d layers stay float: their batch norm is behind a training-flag "
+                    "conditional (e.g. %s)", len(excluded), next(iter(conditional.values())).name)
+  return report, folded, excluded, use_resource
+
+
 def rewrite(graph, *args, **kwargs):
   """Rewrites `graph` in place for quantization-aware training or evaluation.
 
@@ -52,24 +80,8 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
   prefix = scope if not scope or scope.endswith("/") else scope + "/"
   in_scope = lambda op: not prefix or op.name.startswith(prefix)  # noqa: E731
 
-  checks.check_no_training_ops(graph)
-  conditional = checks.conditional_batch_norms(graph, in_scope)
-  folds, unfoldable, folded_before = find_batch_norm_folds(GraphView(graph), in_scope)
-  if conditional and not folds and not folded_before:
-    checks.raise_conditional_batch_norm(next(iter(conditional.values())))
-  types = {op.type for op in graph.get_operations()}
-  use_resource = "VariableV2" not in types or "VarHandleOp" in types
-  folded, notes = apply_folds(graph, folds, training, freeze_bn_delay, use_resource)
-
-  report = QuantizeReport(mode="training" if training else "eval", notes=notes)
-  report.float_ops.extend(FloatOp(op.name, op.type, "batch norm not folded: " + why)
-                          for op, why in unfoldable)
-  excluded = {layer: "its batch norm is inside the training-flag conditional %s; build with "
-                     "training=True/False to quantize it" % cond.name
-              for layer, cond in conditional.items()}
-  if excluded:
-    logging.warning("%d layers stay float: their batch norm is behind a training-flag "
-                    "conditional (e.g. %s)", len(excluded), next(iter(conditional.values())).name)
+  report, folded, excluded, use_resource = fold_for_quantization(graph, training, in_scope,
+                                                                 freeze_bn_delay)
   settings = Settings(
       training=training,
       weight_spec=lambda per_channel=per_channel: make_weight_spec(per_channel=per_channel),

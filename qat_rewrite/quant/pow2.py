@@ -141,35 +141,45 @@ def choose_pos_tf(x, bits, method, rounding=HALF_AWAY, depthwise=False):
 MIN_TRACKED_POS = -64  # positions tracked in training: MIN_TRACKED_POS .. ALL_ZERO_POS
 
 
-def fake_quantize_tracked(x, bits, method, scope, training, rounding=HALF_AWAY, depthwise=False,
-                          use_resource=None):
-  """Power-of-two fake quantization whose position is graph state, not a side file.
+def tracked_position(x, bits, method, scope, training, rounding=HALF_AWAY, depthwise=False,
+                     use_resource=None):
+  """The position of `x`, held in graph state rather than side files (decent_q's temp/ dir).
 
-  Training: each run picks the position on this batch (method 0/1/2), quantizes with it
-  and counts it in `<scope>/pos_histogram`. Eval: the most frequent training position
-  (ties: the smallest), so the eval and deploy position is stable and restores from the
-  training checkpoint. `scope` is an absolute name scope ending in '/'.
+  Training: each run picks the position on this batch (method 0/1/2) and counts it in
+  `<scope>/pos_histogram`; the returned int32 scalar is this batch's position. Eval: the most
+  frequent training position (ties: the smallest), so the eval and deploy position is stable and
+  restores from the training checkpoint. `scope` is an absolute name scope ending in '/'.
   """
   size = ALL_ZERO_POS - MIN_TRACKED_POS + 1
   with tf.compat.v1.get_default_graph().name_scope(scope):
     histogram = new_variable("pos_histogram", [size], tf.int64, 0, scope.rstrip("/"),
                              use_resource)
-    if training:
-      pos = tf.clip_by_value(choose_pos_tf(x, bits, method, rounding, depthwise),
-                             MIN_TRACKED_POS, ALL_ZERO_POS)
-      count = tf.compat.v1.scatter_add(histogram, [pos - MIN_TRACKED_POS],
-                                       tf.ones([1], tf.int64))
-      with tf.control_dependencies([count]):
-        return fake_quantize(x, bits, pos, rounding, name="FixNeuron")
-    return fake_quantize(x, bits, tracked_pos(histogram), rounding, name="FixNeuron")
+    if not training:
+      return tracked_pos(histogram)
+    pos = tf.clip_by_value(choose_pos_tf(x, bits, method, rounding, depthwise),
+                           MIN_TRACKED_POS, ALL_ZERO_POS)
+    count = tf.compat.v1.scatter_add(histogram, [pos - MIN_TRACKED_POS], tf.ones([1], tf.int64))
+    with tf.control_dependencies([count]):
+      return tf.identity(pos, name="batch_pos")
+
+
+def fake_quantize_tracked(x, bits, method, scope, training, rounding=HALF_AWAY, depthwise=False,
+                          use_resource=None):
+  """`fake_quantize` at the `tracked_position` of `x`."""
+  pos = tracked_position(x, bits, method, scope, training, rounding, depthwise, use_resource)
+  with tf.compat.v1.get_default_graph().name_scope(scope):
+    return fake_quantize(x, bits, pos, rounding, name="FixNeuron")
 
 
 def tracked_pos(histogram):
   """The most frequent position in `histogram`; fails at run time if training never ran."""
   counts = tf.convert_to_tensor(histogram)
-  trained = tf.debugging.assert_positive(
-      tf.reduce_sum(counts), message="no training position recorded for %s: restore a "
-      "checkpoint of the rewritten training graph" % histogram.op.name)
+  # A raw Assert: the tf.debugging form wraps it in a functional cond, which frozen
+  # GraphDefs would then need from their function library.
+  trained = tf.raw_ops.Assert(
+      condition=tf.reduce_sum(counts) > 0, data=[tf.constant(
+          "no training position recorded for %s: restore a checkpoint of the rewritten training "
+          "graph" % histogram.op.name)], name="assert_trained")
   with tf.control_dependencies([trained]):
     first_mode = tf.reduce_min(tf.where(tf.equal(counts, tf.reduce_max(counts)))[:, 0])
   return tf.cast(first_mode, tf.int32) + MIN_TRACKED_POS

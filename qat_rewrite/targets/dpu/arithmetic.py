@@ -17,20 +17,24 @@ _AVGPOOL_MULTIPLIERS = {(3, 3): (7, 6), (5, 5): (10, 8), (6, 6): (7, 8), (7, 7):
                         (14, 14): (21, 12)}
 
 
+def shift_cut_bounds(pi, po):
+  """The weight positions that keep shift_cut = pw + pi - po within [0, 16].
+
+  Plain arithmetic, so it serves ints and graph tensors alike.
+  """
+  return po - pi, MAX_SHIFT + po - pi
+
+
 def adjust_shift_cut(pi, pw, po):
   """The weight position, moved so that shift_cut = pw + pi - po lies in [0, 16]."""
-  shift_cut = pw + pi - po
-  if shift_cut < 0:
-    return po - pi
-  if shift_cut > MAX_SHIFT:
-    return MAX_SHIFT + po - pi
-  return pw
+  low, high = shift_cut_bounds(pi, po)
+  return min(max(pw, low), high)
 
 
-def shift_bias_min(shift_cut, mode=1, kernel_elements=None):
+def shift_bias_min(shift_cut, mode=1, kernel_elements=None, minimum=min):
   """The lowest shift_bias the DPU accepts: static (mode 1) or from the kernel size (mode 2)."""
   if mode == 1:
-    return min(0, -(24 - (8 + shift_cut)))
+    return minimum(0, -(24 - (8 + shift_cut)))
   if mode == 2:
     if not kernel_elements or kernel_elements < 1:
       raise ValueError("adjust_shift_bias=2 needs the kernel's h·w·c_in, got %r" % kernel_elements)
@@ -38,15 +42,16 @@ def shift_bias_min(shift_cut, mode=1, kernel_elements=None):
   raise ValueError("adjust_shift_bias mode must be 1 or 2, got %r" % (mode,))
 
 
+def shift_bias_bounds(pi, pw, po, mode=1, kernel_elements=None, minimum=min):
+  """The bias positions that keep shift_bias = pw + pi - pb within [shift_bias_min, 16]."""
+  lowest = shift_bias_min(pw + pi - po, mode, kernel_elements, minimum)
+  return pw + pi - MAX_SHIFT, pw + pi - lowest
+
+
 def adjust_shift_bias(pi, pw, pb, po, mode=1, kernel_elements=None):
   """The bias position, moved so that shift_bias = pw + pi - pb lies in [min, 16]."""
-  lowest = shift_bias_min(pw + pi - po, mode, kernel_elements)
-  shift_bias = pw + pi - pb
-  if shift_bias < lowest:
-    return pw + pi - lowest
-  if shift_bias > MAX_SHIFT:
-    return pw + pi - MAX_SHIFT
-  return pb
+  low, high = shift_bias_bounds(pi, pw, po, mode, kernel_elements)
+  return min(max(pb, low), high)
 
 
 def avgpool_multiplier(kh, kw, scale_all=True):

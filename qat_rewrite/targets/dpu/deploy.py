@@ -1,0 +1,206 @@
+"""Freezes a DPU evaluation graph with a checkpoint and writes decent_q's deploy files.
+
+The user's graph and session are not touched: variables are read straight from the
+checkpoint into constants, the positions are evaluated on that frozen copy, and then each
+`P/pos` and each weight or bias is replaced by a constant, so the written models hold no
+range-tracking machinery. Files are written all or nothing.
+"""
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from qat_rewrite import files
+from qat_rewrite.targets.dpu import deploy_model, rewrite
+from qat_rewrite.targets.dpu.plan import BIAS, WEIGHTS
+
+EVAL_MODEL = "quantize_eval_model.pb"
+FIXNEURON_MODEL = "quantize_eval_model_fixneuron.pb"
+DEPLOY_MODEL = "deploy_model.pb"
+INFO = "quantize_info.txt"
+_VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
+
+
+def deploy(graph, config, checkpoint, fixneuron_model=True):
+  """Writes the deploy files of `graph` (rewritten for eval) into `config.output_dir`."""
+  done = rewrite.rewritten(graph)
+  if done is None or done.training:
+    raise ValueError("CreateQuantizeDeployGraph needs the graph rewritten by "
+                     "CreateQuantizeEvaluationGraph (build the float eval graph, rewrite it, "
+                     "then deploy)")
+  files.check_output_dir(config.output_dir)
+  prefix = resolve_checkpoint(checkpoint)
+  plan = done.plan
+  outputs = [_quantized_name(plan, name) for name in config.output_nodes]
+  constant = _constants_from_checkpoint(graph.as_graph_def(), prefix, outputs +
+                                        [p.name + "/pos" for p in plan.points])
+  positions, values = _evaluate(constant, plan)
+  frozen = _frozen_eval_model(constant, plan, positions, values, config, outputs)
+  contents = {EVAL_MODEL: frozen.SerializeToString()}
+  if fixneuron_model:
+    contents[FIXNEURON_MODEL] = _fixneuron_form(frozen, plan, positions, config,
+                                                outputs).SerializeToString()
+  deployed, output_map = deploy_model.build(graph, plan, positions, values, config, outputs)
+  contents[DEPLOY_MODEL] = deployed.SerializeToString()
+  contents[INFO] = info_text(plan, positions, output_map).encode()
+  paths = files.write_all(config.output_dir, contents)
+  logging.info("decent_q deploy: wrote %s", ", ".join(sorted(paths.values())))
+  return paths
+
+
+def resolve_checkpoint(checkpoint):
+  """A checkpoint prefix from a directory (its latest) or a prefix; ValueError if none."""
+  if not isinstance(checkpoint, str) or not checkpoint:
+    raise ValueError("checkpoint must be a checkpoint directory or prefix, got %r" % (checkpoint,))
+  if tf.io.gfile.isdir(checkpoint):
+    prefix = tf.train.latest_checkpoint(checkpoint)
+    if prefix is None:
+      raise ValueError("no checkpoint in directory %r (no 'checkpoint' index file)" % checkpoint)
+    return prefix
+  if not tf.io.gfile.exists(checkpoint + ".index"):
+    raise ValueError("checkpoint %r not found (no %s.index)" % (checkpoint, checkpoint))
+  return checkpoint
+
+
+def _quantized_name(plan, name):
+  """decent_q's deploy outputs are the output nodes' quantizers, `<name>/aquant`."""
+  return next((p.name for p in plan.points if p.name == name + "/aquant"), name)
+
+
+def _constants_from_checkpoint(graph_def, prefix, needed):
+  """`graph_def` cut to what `needed` reads, with every variable read replaced by its value."""
+  graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, needed)
+  reader = tf.train.load_checkpoint(prefix)
+  shapes = reader.get_variable_to_shape_map()
+  variables = {n.name: n for n in graph_def.node if n.op in _VARIABLE_OPS}
+  missing = sorted(name for name in variables if name not in shapes)
+  if missing:
+    hint = (" (the quantizers' position histograms: save the checkpoint from the graph "
+            "rewritten by CreateQuantizeTrainingGraph)" if any("quant/" in m for m in missing)
+            else "")
+    raise ValueError("checkpoint %r lacks %d variable(s) the eval graph needs, e.g. %s%s"
+                     % (prefix, len(missing), ", ".join(missing[:5]), hint))
+  out = tf.compat.v1.GraphDef()
+  out.versions.CopyFrom(graph_def.versions)
+  out.library.CopyFrom(graph_def.library)
+  for node in graph_def.node:
+    source = node.input[0] if node.op == "ReadVariableOp" else None
+    if node.op in ("VariableV2", "Variable") or (source in variables):
+      name = node.name if node.op != "ReadVariableOp" else source
+      value = reader.get_tensor(name)
+      expected = variables[name].attr["shape"].shape
+      if [d.size for d in expected.dim] != list(value.shape) and not expected.unknown_rank:
+        raise ValueError("checkpoint %r: variable %s has shape %s, the graph wants %s (a "
+                         "checkpoint of another model?)" % (prefix, name, list(value.shape),
+                                                            [d.size for d in expected.dim]))
+      out.node.append(_const(node.name, value))
+    else:
+      copy = out.node.add()
+      copy.CopyFrom(node)
+      if "_class" in copy.attr:
+        del copy.attr["_class"]  # colocation with variables that are gone
+  return out
+
+
+def _const(name, value):
+  node = tf.compat.v1.NodeDef(name=name, op="Const")
+  node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+  node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+  return node
+
+
+def _evaluate(constant, plan):
+  """Each point's position, and the float value of each weight and bias, from the checkpoint."""
+  weights = [p for p in plan.points if p.kind in (WEIGHTS, BIAS)]
+  with tf.Graph().as_default() as g:
+    tf.import_graph_def(constant, name="")
+    fetch = {p.name: g.get_tensor_by_name(p.name + "/pos:0") for p in plan.points}
+    fetch.update({"value:" + p.name: g.get_tensor_by_name(p.tensor.name) for p in weights})
+    with tf.compat.v1.Session(graph=g) as sess:
+      try:
+        result = sess.run(fetch)
+      except tf.errors.InvalidArgumentError as e:
+        raise ValueError("cannot read the quantizer positions from the checkpoint: %s"
+                         % e.message.splitlines()[0]) from e
+  positions = {p.name: int(result[p.name]) for p in plan.points}
+  values = {p.name: result["value:" + p.name] for p in weights}
+  return positions, values
+
+
+def _frozen_eval_model(constant, plan, positions, values, config, outputs):
+  """The stock-TF eval model: constant positions and weights, input nodes as Placeholders."""
+  replace = {p.name + "/pos": _const(p.name + "/pos", np.int32(positions[p.name]))
+             for p in plan.points}
+  for p in plan.points:
+    if p.kind in (WEIGHTS, BIAS):
+      node = p.tensor.op.name
+      replace[node] = _const(node, values[p.name])
+  for name, shape in zip(config.input_nodes, config.input_shapes):
+    replace[name] = _placeholder(name, shape)
+  frozen = tf.compat.v1.GraphDef()
+  frozen.versions.CopyFrom(constant.versions)
+  frozen.library.CopyFrom(constant.library)
+  for node in constant.node:
+    frozen.node.append(replace.get(node.name, node))
+  for node in frozen.node:
+    if node.name in positions:  # the point's output Identity: tag it as decent_q's FixNeuron
+      point = next(p for p in plan.points if p.name == node.name)
+      _tag(node, point, positions[point.name], prefix="_")
+  return tf.compat.v1.graph_util.extract_sub_graph(frozen, outputs)
+
+
+def _placeholder(name, shape):
+  node = tf.compat.v1.NodeDef(name=name, op="Placeholder")
+  node.attr["dtype"].type = tf.float32.as_datatype_enum
+  node.attr["shape"].shape.CopyFrom(
+      tf.TensorShape([None if d == -1 else d for d in shape]).as_proto())
+  return node
+
+
+def _tag(node, point, pos, prefix):
+  """FixNeuron attributes; `_`-prefixed ones are ignored by TensorFlow when it loads the node."""
+  for key, value in (("bit_width", point.bits), ("quantize_pos", pos), ("mode", point.mode),
+                     ("method", point.method)):
+    node.attr[prefix + key].i = value
+
+
+def _fixneuron_form(frozen, plan, positions, config, outputs):
+  """The DPU compiler's form: each quantizer is one FixNeuron node (phase 1, evaluation)."""
+  fixed = tf.compat.v1.GraphDef()
+  fixed.CopyFrom(frozen)
+  points = {p.name: p for p in plan.points}
+  for node in fixed.node:
+    if node.name in points:
+      point = points[node.name]
+      node.Clear()
+      node.name, node.op = point.name, "FixNeuron"
+      node.input.append(_input_name(point.tensor))
+      node.attr["T"].type = tf.float32.as_datatype_enum
+      node.attr["phase"].i = 1
+      node.attr["output_dir"].s = config.output_dir.encode()
+      _tag(node, point, positions[point.name], prefix="")
+  return tf.compat.v1.graph_util.extract_sub_graph(fixed, outputs)
+
+
+def _input_name(tensor):
+  """A NodeDef input string: `op` for output 0, `op:i` otherwise."""
+  return tensor.op.name if tensor.value_index == 0 else tensor.name
+
+
+def info_text(plan, positions, output_map):
+  """The readable list of every quantized tensor, and the DPU shifts of every layer."""
+  lines = ["# qat_rewrite decent_q quantize info. A tensor at (bits, pos) holds q * 2^-pos with",
+           "# q in [-2^(bits-1), 2^(bits-1)-1]. mode: 0 weights, 1 activation, 2 depthwise.",
+           "# name kind bit_width quantize_pos mode method"]
+  for p in plan.points:
+    lines.append("%s %s %d %d %d %d" % (p.name, p.kind, p.bits, positions[p.name], p.mode,
+                                        p.method))
+  lines.append("# layer ipos wpos bpos opos shift_cut shift_bias")
+  for g in plan.groups:
+    pi, pw, po = (positions[p.name] for p in (g.input, g.weights, g.output))
+    pb = positions[g.bias.name] if g.bias else None
+    lines.append("%s %d %d %s %d %d %s" % (g.layer.name, pi, pw, "-" if pb is None else pb, po,
+                                           pw + pi - po, "-" if pb is None else pw + pi - pb))
+  lines.append("# eval model output -> deploy model node")
+  lines.extend("%s %s" % item for item in sorted(output_map.items()))
+  return "\n".join(lines) + "\n"

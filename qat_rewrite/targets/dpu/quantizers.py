@@ -1,0 +1,68 @@
+"""Builds a plan's FixNeurons as stock TensorFlow ops and reroutes their consumers.
+
+Each point `P` becomes `P/pos` (its int32 position) → `P/FixNeuron/...` (power-of-two fake
+quantization, straight-through gradient) → `P` (an Identity with the point's exact name, what
+decent_q's FixNeuron was called). Positions:
+  training: activations and inputs use this batch's position and count it in
+    `P/pos_histogram`; weights and biases use the position of their current values;
+  eval: activations and inputs use the most frequent training position; weights and biases
+    the position of their (final) values; then decent_q's eval adjustments run in order:
+    align concat/pool inputs to the output, shift_cut (moves weights), shift_bias (moves biases).
+"""
+
+import tensorflow as tf
+
+from qat_rewrite.graph import editor
+from qat_rewrite.quant import pow2
+from qat_rewrite.targets.dpu import arithmetic
+from qat_rewrite.targets.dpu.plan import ACTIVATION, INPUT
+
+
+def build(graph, plan, training, use_resource, adjust_shift_cut=1, adjust_shift_bias=1):
+  """Adds every point of `plan` to `graph`; returns {point name: its `P/pos` tensor}."""
+  positions = {p.name: _position(graph, p, training, use_resource) for p in plan.points}
+  if not training:
+    _align(plan, positions)
+    for group in plan.groups:
+      _adjust_shifts(group, positions, adjust_shift_cut, adjust_shift_bias)
+  pos_tensors = {}
+  for point in plan.points:
+    with graph.name_scope(point.name + "/"):
+      pos = tf.identity(positions[point.name], name="pos")
+      quantized = pow2.fake_quantize(point.tensor, point.bits, pos, point.rounding,
+                                     name="FixNeuron")
+      out = tf.identity(quantized, name=point.name + "/")  # a trailing '/' keeps the exact name
+    editor.reroute(point.tensor, out, point.consumers)
+    pos_tensors[point.name] = pos
+  return pos_tensors
+
+
+def _position(graph, point, training, use_resource):
+  scope = point.name + "/"
+  if point.kind in (INPUT, ACTIVATION):
+    return pow2.tracked_position(point.tensor, point.bits, point.method, scope, training,
+                                 point.rounding, use_resource=use_resource)
+  with graph.name_scope(scope):
+    return pow2.choose_pos_tf(point.tensor, point.bits, point.method, point.rounding,
+                              point.depthwise)
+
+
+def _align(plan, positions):
+  """Concat/pool inputs take the output's position; downstream ops first, so chains settle."""
+  for out, inputs in reversed(plan.alignments):
+    for point in inputs:
+      positions[point.name] = positions[out.name]
+
+
+def _adjust_shifts(group, positions, shift_cut_mode, shift_bias_mode):
+  pi, po = positions[group.input.name], positions[group.output.name]
+  pw = positions[group.weights.name]
+  if shift_cut_mode:
+    low, high = arithmetic.shift_cut_bounds(pi, po)
+    pw = tf.clip_by_value(pw, low, high, name=group.weights.name + "/shift_cut_adjusted")
+    positions[group.weights.name] = pw
+  if group.bias is not None and shift_bias_mode:
+    low, high = arithmetic.shift_bias_bounds(pi, pw, po, shift_bias_mode, group.kernel_elements,
+                                             minimum=tf.minimum)
+    positions[group.bias.name] = tf.clip_by_value(positions[group.bias.name], low, high,
+                                                  name=group.bias.name + "/shift_bias_adjusted")
