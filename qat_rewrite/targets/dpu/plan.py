@@ -236,7 +236,7 @@ class _Builder:
     pout = self._by_tensor.get(last.outputs[0].ref())
     if pout is None:
       pout = Point(named + "/aquant", last.outputs[0], ACTIVATION,
-                   self.precision.bits(ACTIVATION, named, last.name, layer.name),
+                   self.precision.bits(ACTIVATION, named, last.name),
                    self.precision.method_for(ACTIVATION, named, last.name),
                    self.view.consumers(last.outputs[0]))
       self._by_tensor[last.outputs[0].ref()] = pout
