@@ -136,7 +136,7 @@ def _frozen_eval_model(constant, plan, positions, values, config, outputs):
       node = p.tensor.op.name
       replace[node] = _const(node, values[p.name])
   for name, shape in zip(config.input_nodes, config.input_shapes):
-    replace[name] = _placeholder(name, shape)
+    replace[name] = deploy_model.placeholder_node(name, shape)
   frozen = tf.compat.v1.GraphDef()
   frozen.versions.CopyFrom(constant.versions)
   frozen.library.CopyFrom(constant.library)
@@ -147,14 +147,6 @@ def _frozen_eval_model(constant, plan, positions, values, config, outputs):
       point = next(p for p in plan.points if p.name == node.name)
       _tag(node, point, positions[point.name], prefix="_")
   return tf.compat.v1.graph_util.extract_sub_graph(frozen, outputs)
-
-
-def _placeholder(name, shape):
-  node = tf.compat.v1.NodeDef(name=name, op="Placeholder")
-  node.attr["dtype"].type = tf.float32.as_datatype_enum
-  node.attr["shape"].shape.CopyFrom(
-      tf.TensorShape([None if d == -1 else d for d in shape]).as_proto())
-  return node
 
 
 def _tag(node, point, pos, prefix):

@@ -47,10 +47,7 @@ class _Translator:
     self.nodes = {}  # deploy node name -> NodeDef, in creation order
 
   def placeholder(self, name, shape):
-    node = self._new(name, "Placeholder")
-    node.attr["dtype"].type = tf.float32.as_datatype_enum
-    node.attr["shape"].shape.CopyFrom(tf.TensorShape([None if d == -1 else d
-                                                      for d in shape]).as_proto())
+    self.nodes[name] = placeholder_node(name, shape)
     self.alias[name] = name
 
   def translate(self, op):
@@ -145,6 +142,15 @@ class _Translator:
         node.attr["ipos"].list.i[:] = ipos
       graph_def.node.append(node)
     return graph_def
+
+
+def placeholder_node(name, shape):
+  """A float32 Placeholder NodeDef of `shape` (-1: unknown), what input nodes become."""
+  node = tf.compat.v1.NodeDef(name=name, op="Placeholder")
+  node.attr["dtype"].type = tf.float32.as_datatype_enum
+  node.attr["shape"].shape.CopyFrom(tf.TensorShape([None if d == -1 else d
+                                                    for d in shape]).as_proto())
+  return node
 
 
 def to_integers(value, bits, pos, rounding=pow2.HALF_AWAY):
