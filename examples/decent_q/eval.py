@@ -27,8 +27,9 @@ tf.get_logger().setLevel("ERROR")
 # Run from a source checkout without installing the package (model.py sits next to this file).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from qat_rewrite import decent_q  # noqa: E402
-from model import (INPUT_NODE, INPUT_SHAPE, OUTPUT_NODE, accuracy, load_mnist,  # noqa: E402
-                   model_fn, placeholders)
+from qat_rewrite.datasets import load_mnist  # noqa: E402
+from model import (INPUT_NODE, INPUT_SHAPE, OUTPUT_NODE, accuracy, model_fn,  # noqa: E402
+                   placeholders)
 
 v1 = tf.compat.v1
 MAX_DROP_POINTS = 1.0
@@ -109,9 +110,9 @@ def main(argv=None):
 
   print("== Quantize evaluation graph and deploy files (checkpoint %s)" % qat_dir)
   quant_acc, written = quantize_eval_and_deploy(args, qat_dir, test_data)
-  print("\nFiles written:")
+  print("\nFiles written to %s:" % os.path.dirname(written["quantize_eval_model.pb"]))
   for name in sorted(written):
-    print("  %-34s %8d bytes" % (written[name], os.path.getsize(written[name])))
+    print("  %-34s %8d bytes" % (name, os.path.getsize(written[name])))
 
   float_acc = float_accuracy(float_ckpt, test_data)
   pb_acc = frozen_accuracy(written["quantize_eval_model.pb"], test_data)

@@ -1,4 +1,4 @@
-"""The model and data shared by train.py and eval.py: a small MNIST CNN and its batches.
+"""What train.py and eval.py share: the MNIST CNN, its node names, batches and scoring.
 
 Import it after TF_USE_LEGACY_KERAS is set (the scripts do so): tf.compat.v1.layers needs
 tf_keras. The CNN is the one of examples/mnist_qat.py, repeated so this folder stands alone.
@@ -6,8 +6,6 @@ tf_keras. The CNN is the one of examples/mnist_qat.py, repeated so this folder s
 
 import numpy as np
 import tensorflow as tf
-
-from qat_rewrite.datasets import load_mnist  # noqa: F401 (re-exported for the scripts)
 
 v1 = tf.compat.v1
 

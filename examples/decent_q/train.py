@@ -25,8 +25,9 @@ tf.get_logger().setLevel("ERROR")
 # Run from a source checkout without installing the package (model.py sits next to this file).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from qat_rewrite import decent_q  # noqa: E402
-from model import (INPUT_NODE, INPUT_SHAPE, OUTPUT_NODE, batches, load_mnist,  # noqa: E402
-                   model_fn, placeholders)
+from qat_rewrite.datasets import load_mnist  # noqa: E402
+from model import (INPUT_NODE, INPUT_SHAPE, OUTPUT_NODE, batches, model_fn,  # noqa: E402
+                   placeholders)
 
 v1 = tf.compat.v1
 
