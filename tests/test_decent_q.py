@@ -78,7 +78,7 @@ def _read_info(path):
   points, layers, section = {}, {}, 0
   for line in open(path):
     if line.startswith("#"):
-      section += line.startswith("# layer") or line.startswith("# eval model output")
+      section += line.startswith("# layer") or line.startswith("# eval model tensor")
       continue
     fields = line.split()
     if section == 0:

@@ -11,16 +11,9 @@ import tf_keras
 
 import dpu_models
 from qat_rewrite import decent_q
-from qat_rewrite.targets.dpu import reference_runner
+from qat_rewrite.targets.dpu import agreement
 
 v1 = tf.compat.v1
-
-
-def _load(path):
-  graph_def = v1.GraphDef()
-  with open(path, "rb") as f:
-    graph_def.ParseFromString(f.read())
-  return graph_def
 
 
 def _qat_and_deploy(build, config, steps, tmp_path):
@@ -42,26 +35,6 @@ def _qat_and_deploy(build, config, steps, tmp_path):
     return decent_q.CreateQuantizeDeployGraph(checkpoint=str(tmp_path / "ckpt"), config=config)
 
 
-def _compare(paths, input_name, images):
-  """(share of equal output integers, largest difference in LSB) for each output."""
-  info = open(paths["quantize_info.txt"]).read().split("# eval model output -> deploy model node")
-  output_map = dict(line.split() for line in info[1].strip().splitlines())
-  with tf.Graph().as_default():
-    tf.import_graph_def(_load(paths["quantize_eval_model.pb"]), name="")
-    with v1.Session() as sess:
-      expected = sess.run({name: name + ":0" for name in output_map}, {input_name + ":0": images})
-  deploy = _load(paths["deploy_model.pb"])
-  got = reference_runner.run(deploy, {input_name: images}, list(output_map.values()))
-  results = {}
-  for name, node in output_map.items():
-    ints, pos = got[node]
-    want = expected[name] * 2.0 ** pos
-    assert np.array_equal(want, np.round(want)), "eval output is not on the deploy grid"
-    diff = np.abs(ints - want)
-    results[name] = (float(np.mean(diff == 0)), float(diff.max()))
-  return results
-
-
 def test_runner_matches_the_eval_model_on_the_test_cnn(tmp_path):
   config = decent_q.QuantizeConfig(input_nodes=dpu_models.INPUT_NODES,
                                    output_nodes=dpu_models.OUTPUT_NODES,
@@ -75,8 +48,8 @@ def test_runner_matches_the_eval_model_on_the_test_cnn(tmp_path):
 
   paths = _qat_and_deploy(build, config, 20, tmp_path)
   images = next(dpu_models.batches(1, batch=32, seed=5))[0] / 255.0
-  for name, (equal, worst) in _compare(paths, "net_in", images).items():
-    assert equal >= 0.999 and worst <= 1, (name, equal, worst)
+  for name, result in agreement.compare(paths, {"net_in": images}).items():
+    assert result.equal_share >= 0.999 and result.max_lsb <= 1, (name, result)
 
 
 @pytest.mark.skipif(os.environ.get("QAT_REWRITE_FAST_TESTS") == "1", reason="slow model")
@@ -101,5 +74,14 @@ def test_runner_matches_the_eval_model_on_mobilenet_v2(tmp_path):
   config = decent_q.QuantizeConfig(input_nodes=["images"], output_nodes=[output["name"]],
                                    input_shapes=[[-1, 64, 64, 3]], output_dir=str(tmp_path / "out"))
   paths = _qat_and_deploy(build, config, 3, tmp_path)
-  for name, (equal, worst) in _compare(paths, "images", images).items():
-    assert equal >= 0.999 and worst <= 1, (name, equal, worst)
+  for name, result in agreement.compare(paths, {"images": images}).items():
+    assert result.equal_share >= 0.999 and result.max_lsb <= 1, (name, result)
+
+
+def test_compare_refuses_an_info_file_without_the_tensor_map(tmp_path):
+  info = tmp_path / "quantize_info.txt"
+  info.write_text("# name kind bit_width quantize_pos mode method\nnet_in/aquant input 8 7 1 0\n")
+  files = {name: str(tmp_path / name) for name in ("quantize_eval_model.pb", "deploy_model.pb")}
+  files["quantize_info.txt"] = str(info)
+  with pytest.raises(ValueError, match="quantize_info.txt has no line"):
+    agreement.compare(files, {"net_in": np.zeros((1, 4), np.float32)})

@@ -28,6 +28,7 @@ tf.get_logger().setLevel("ERROR")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from qat_rewrite import decent_q  # noqa: E402
 from qat_rewrite.datasets import load_mnist  # noqa: E402
+from qat_rewrite.targets.dpu import agreement  # noqa: E402
 from model import (INPUT_NODE, INPUT_SHAPE, OUTPUT_NODE, accuracy, model_fn,  # noqa: E402
                    placeholders)
 
@@ -99,6 +100,18 @@ def frozen_accuracy(pb_path, test_data):
       return accuracy(sess, predictions, images, test_data)
 
 
+def deploy_accuracy(written, test_data):
+  """Scores deploy_model.pb run with integers only, and how often its integers equal those of
+  quantize_eval_model.pb over all quantized tensors: the check that the deploy graph means
+  what was evaluated. Returns (accuracy, tensors compared, share equal, largest difference)."""
+  images = {INPUT_NODE: test_data[0]}
+  results = agreement.compare(written, images).values()
+  ints, _ = agreement.run_deploy_model(written, images)[OUTPUT_NODE + "/aquant"]
+  equal = sum(r.equal_share * r.elements for r in results) / sum(r.elements for r in results)
+  worst = max(r.max_lsb for r in results)
+  return 100.0 * float((ints.argmax(1) == test_data[1]).mean()), len(results), equal, worst
+
+
 def main(argv=None):
   args = parse_args(argv)
   v1.disable_eager_execution()
@@ -116,11 +129,15 @@ def main(argv=None):
 
   float_acc = float_accuracy(float_ckpt, test_data)
   pb_acc = frozen_accuracy(written["quantize_eval_model.pb"], test_data)
+  deploy_acc, tensors, equal, worst = deploy_accuracy(written, test_data)
   drop = round(float_acc - pb_acc, 6)  # exactly 1.0 point must pass
   print("\n== Results on %d test digits (%.0f s)" % (len(test_data[0]), time.time() - start))
   print("  float model                     : %.2f%%" % float_acc)
   print("  quantized eval graph            : %.2f%%" % quant_acc)
   print("  quantize_eval_model.pb          : %.2f%%" % pb_acc)
+  print("  deploy_model.pb, integers only  : %.2f%%" % deploy_acc)
+  print("  deploy vs eval model, %2d tensors: %.2f%% equal integers, at most %d LSB apart"
+        % (tensors, 100 * equal, worst))
   print("  drop (float - .pb)              : %+.2f points" % drop)
   if drop > MAX_DROP_POINTS:
     print("FAIL: quantize_eval_model.pb is %.2f points below float (allowed: %.1f)"

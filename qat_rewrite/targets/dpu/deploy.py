@@ -18,6 +18,7 @@ EVAL_MODEL = "quantize_eval_model.pb"
 FIXNEURON_MODEL = "quantize_eval_model_fixneuron.pb"
 DEPLOY_MODEL = "deploy_model.pb"
 INFO = "quantize_info.txt"
+_TENSOR_MAP_HEADER = "# eval model tensor -> deploy model node"
 _VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
 
 
@@ -40,9 +41,9 @@ def deploy(graph, config, checkpoint, fixneuron_model=True):
   if fixneuron_model:
     contents[FIXNEURON_MODEL] = _fixneuron_form(frozen, plan, positions, config,
                                                 outputs).SerializeToString()
-  deployed, output_map = deploy_model.build(graph, plan, positions, values, config, outputs)
+  deployed, tensor_map = deploy_model.build(graph, plan, positions, values, config, outputs)
   contents[DEPLOY_MODEL] = deployed.SerializeToString()
-  contents[INFO] = info_text(plan, positions, output_map).encode()
+  contents[INFO] = info_text(plan, positions, tensor_map).encode()
   paths = files.write_all(config.output_dir, contents)
   logging.info("decent_q deploy: wrote %s", ", ".join(sorted(paths.values())))
   return paths
@@ -179,7 +180,7 @@ def _input_name(tensor):
   return tensor.op.name if tensor.value_index == 0 else tensor.name
 
 
-def info_text(plan, positions, output_map):
+def info_text(plan, positions, tensor_map):
   """The readable list of every quantized tensor, and the DPU shifts of every layer."""
   lines = ["# qat_rewrite decent_q quantize info. A tensor at (bits, pos) holds q * 2^-pos with",
            "# q in [-2^(bits-1), 2^(bits-1)-1]. mode: 0 weights, 1 activation, 2 depthwise.",
@@ -193,6 +194,17 @@ def info_text(plan, positions, output_map):
     pb = positions[g.bias.name] if g.bias else None
     lines.append("%s %d %d %s %d %d %s" % (g.layer.name, pi, pw, "-" if pb is None else pb, po,
                                            pw + pi - po, "-" if pb is None else pw + pi - pb))
-  lines.append("# eval model output -> deploy model node")
-  lines.extend("%s %s" % item for item in sorted(output_map.items()))
+  lines.append(_TENSOR_MAP_HEADER)
+  lines.extend("%s %s" % item for item in sorted(tensor_map.items()))
   return "\n".join(lines) + "\n"
+
+
+def read_tensor_map(info_path):
+  """{eval model tensor: deploy model node} from a quantize info file: every output and
+  quantized activation of quantize_eval_model.pb, and the deploy node that computes it."""
+  with open(info_path) as f:
+    text = f.read()
+  if _TENSOR_MAP_HEADER not in text:
+    raise ValueError("%s has no line %r: not a qat_rewrite quantize info file"
+                     % (info_path, _TENSOR_MAP_HEADER))
+  return dict(line.split() for line in text.split(_TENSOR_MAP_HEADER)[1].strip().splitlines())

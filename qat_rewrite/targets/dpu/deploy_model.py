@@ -20,7 +20,8 @@ _LAYER_ATTRS = ("strides", "padding", "dilations", "data_format", "T")
 
 
 def build(graph, plan, positions, values, config, outputs):
-  """Returns (deploy GraphDef, {eval model output: deploy node}) for `graph`'s rewrite."""
+  """Returns (deploy GraphDef, {eval model tensor: deploy node}) for `graph`'s rewrite: the
+  deploy node of every output and of every quantized activation the outputs need."""
   t = _Translator(graph, plan, positions, values)
   for name, shape in zip(config.input_nodes, config.input_shapes):
     t.placeholder(name, shape)
@@ -28,11 +29,12 @@ def build(graph, plan, positions, values, config, outputs):
   order = [graph.get_operation_by_name(n.name) for n in _topological(needed)]
   for op in order:
     t.translate(op)
-  output_map = {name: t.alias[name] for name in outputs if name in t.alias}
   missing = [name for name in outputs if name not in t.alias]
   if missing:
     raise ValueError("deploy model: output %s is not reached from the input nodes" % missing[0])
-  return t.finish(), output_map
+  activations = [p.name for p in plan.points if p.kind not in (WEIGHTS, BIAS)]
+  tensor_map = {name: t.alias[name] for name in outputs + activations if name in t.alias}
+  return t.finish(), tensor_map
 
 
 class _Translator:
