@@ -18,5 +18,6 @@ setup(
         "protobuf",
         "absl-py",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "matplotlib"], "report": ["matplotlib"]},
+    entry_points={"console_scripts": ["qat_rewrite=qat_rewrite.cli:main"]},
 )

@@ -16,25 +16,26 @@ def check_output_dir(path):
 def write_all(directory, contents):
   """Writes {file name: bytes} into `directory` (created if missing); returns {name: path}.
 
-  Each file is first written to a hidden temporary file in `directory` and renamed only
-  once every file is written, so on any failure the directory holds what it held before.
+  A name may hold subdirectories ("dump_results_0/x.bin"). Each file is first written to a
+  hidden temporary file beside its target and renamed only once every file is written, so on
+  any failure the directory holds what it held before.
   """
   check_output_dir(directory)
-  created = not os.path.isdir(directory)
-  if created:
-    os.makedirs(directory)
-  temporary = {}
+  created, temporary = [], {}
   try:
     for name, data in contents.items():
-      fd, temp = tempfile.mkstemp(dir=directory, prefix=".%s." % name, suffix=".tmp")
+      folder = os.path.abspath(os.path.join(directory, os.path.dirname(name)))
+      _make_dirs(folder, created)
+      fd, temp = tempfile.mkstemp(dir=folder, prefix=".%s." % os.path.basename(name),
+                                  suffix=".tmp")
       temporary[name] = temp
       with os.fdopen(fd, "wb") as f:
         f.write(data)
   except OSError as e:
     for temp in temporary.values():
       _remove(temp)
-    if created:
-      _remove_dir(directory)
+    for folder in reversed(created):
+      _remove_dir(folder)
     raise OSError("could not write %r in output_dir %r: %s; nothing was written"
                   % (name, directory, e.strerror or e)) from e
   paths = {}
@@ -42,6 +43,17 @@ def write_all(directory, contents):
     paths[name] = os.path.join(directory, name)
     os.replace(temp, paths[name])
   return paths
+
+
+def _make_dirs(folder, created):
+  """Creates `folder` and any missing parents, noting each created one in `created`."""
+  missing = []
+  while not os.path.isdir(folder):
+    missing.append(folder)
+    folder = os.path.dirname(folder)
+  for path in reversed(missing):
+    os.mkdir(path)
+    created.append(path)
 
 
 def _existing_parent(path):

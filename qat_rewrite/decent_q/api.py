@@ -7,7 +7,7 @@ quantized and what stayed float. The config is never changed.
 import tensorflow as tf
 
 from qat_rewrite.decent_q.config import QuantizeConfig
-from qat_rewrite.targets.dpu import deploy, rewrite
+from qat_rewrite.targets.dpu import calibrate, deploy, rewrite
 
 
 def _graph_and_config(graph, config):
@@ -49,3 +49,22 @@ def CreateQuantizeDeployGraph(graph=None, checkpoint="", config=None, fixneuron_
   """
   return deploy.deploy(*_graph_and_config(graph, config), checkpoint,
                        fixneuron_model=fixneuron_model)
+
+
+def quantize_frozen(input_graph_def, input_fn, q_config, s_config=None, skip_check=0,
+                    fixneuron_model=True):
+  """Post-training quantization of a frozen GraphDef, as `vai_q_tensorflow quantize`.
+
+  Runs `q_config.calib_iter` batches from `input_fn(i)` (a dict {placeholder name: array})
+  through the graph, takes each activation's most frequent position, and writes the same
+  files as CreateQuantizeDeployGraph into `q_config.output_dir`; returns {file name: path}.
+  Batch norms in inference mode (and behind learning-phase switches) fold into the weights.
+  `s_config` and `skip_check` are accepted for decent_q scripts and have no effect: every
+  calibration batch is checked (shapes, NaN and Inf).
+  """
+  if not isinstance(input_graph_def, tf.compat.v1.GraphDef):
+    raise ValueError("input_graph_def must be a tf.compat.v1.GraphDef, got %r"
+                     % type(input_graph_def).__name__)
+  _, config = _graph_and_config(tf.Graph(), q_config)
+  return calibrate.quantize_frozen(input_graph_def, input_fn, config,
+                                   fixneuron_model=fixneuron_model)

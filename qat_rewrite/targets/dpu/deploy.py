@@ -24,12 +24,20 @@ _VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
 
 def deploy(graph, config, checkpoint, fixneuron_model=True):
   """Writes the deploy files of `graph` (rewritten for eval) into `config.output_dir`."""
+  files.check_output_dir(config.output_dir)
+  paths = files.write_all(config.output_dir,
+                          deploy_contents(graph, config, checkpoint, fixneuron_model))
+  logging.info("decent_q deploy: wrote %s", ", ".join(sorted(paths.values())))
+  return paths
+
+
+def deploy_contents(graph, config, checkpoint, fixneuron_model=True):
+  """{file name: bytes} of the deploy files, for callers that write more files with them."""
   done = rewrite.rewritten(graph)
   if done is None or done.training:
     raise ValueError("CreateQuantizeDeployGraph needs the graph rewritten by "
                      "CreateQuantizeEvaluationGraph (build the float eval graph, rewrite it, "
                      "then deploy)")
-  files.check_output_dir(config.output_dir)
   prefix = resolve_checkpoint(checkpoint)
   plan = done.plan
   outputs = [_quantized_name(plan, name) for name in config.output_nodes]
@@ -44,9 +52,7 @@ def deploy(graph, config, checkpoint, fixneuron_model=True):
   deployed, tensor_map = deploy_model.build(graph, plan, positions, values, config, outputs)
   contents[DEPLOY_MODEL] = deployed.SerializeToString()
   contents[INFO] = info_text(plan, positions, tensor_map).encode()
-  paths = files.write_all(config.output_dir, contents)
-  logging.info("decent_q deploy: wrote %s", ", ".join(sorted(paths.values())))
-  return paths
+  return contents
 
 
 def resolve_checkpoint(checkpoint):

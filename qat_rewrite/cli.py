@@ -1,0 +1,287 @@
+"""The `qat_rewrite` command line: quantize, inspect and dump frozen graphs.
+
+Flags are spelled as `vai_q_tensorflow`'s. Errors print one line on stderr and exit with 1
+(2 for usage errors), with the traceback only under --verbose; output files are written all
+or nothing, and existing ones are replaced only with --overwrite.
+"""
+
+import argparse
+import collections
+import importlib
+import os
+import sys
+import traceback
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+from absl import logging  # noqa: E402
+
+from qat_rewrite import error_report, files  # noqa: E402
+from qat_rewrite.decent_q.config import QuantizeConfig  # noqa: E402
+from qat_rewrite.graph import frozen  # noqa: E402
+from qat_rewrite.targets.dpu import calibrate, deploy, dump, rewrite  # noqa: E402
+
+REPORT = "quantize_report"
+_DPU_FLAGS = {  # QuantizeConfig fields that are plain integers on the command line
+    "weight_bit": 8, "activation_bit": 8, "method": 1, "calib_iter": 100, "align_concat": 0,
+    "align_pool": 0, "adjust_shift_bias": 1, "adjust_shift_cut": 1, "simulate_dpu": 1,
+    "scale_all_avgpool": 1, "replace_relu6": 1, "replace_sigmoid": 0}
+
+
+class CommandError(Exception):
+  """A user error: printed as one line, exit status 1."""
+
+
+def main(argv=None):
+  parser = _parser()
+  args = parser.parse_args(argv)
+  logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
+  tf.get_logger().setLevel("INFO" if args.verbose else "ERROR")
+  try:
+    args.run(args)
+    return 0
+  except (CommandError, ValueError, OSError, ImportError, tf.errors.OpError) as e:
+    if args.verbose:
+      traceback.print_exc()
+    message = e.message if isinstance(e, tf.errors.OpError) else str(e)
+    print("qat_rewrite %s: error: %s" % (args.verb, " ".join(message.split())), file=sys.stderr)
+    return 1
+
+
+# Verbs ---------------------------------------------------------------------------------------
+
+def quantize(args):
+  """Post-training quantization: calibrate, then write the deploy files (and the report)."""
+  config = _config(args)
+  names = [deploy.EVAL_MODEL, deploy.DEPLOY_MODEL, deploy.INFO]
+  names += [deploy.FIXNEURON_MODEL] if args.fixneuron_model else []
+  names += [REPORT + ext for ext in (".md", ".csv", ".png")] if args.report else []
+  _refuse_existing(args.output_dir, names, args.overwrite)
+  graph_def = frozen.load_graph_def(args.input_frozen_graph)
+  input_fn = _load_input_fn(args.input_fn)
+  contents = calibrate.calibrated_contents(graph_def, input_fn, config, args.fixneuron_model)
+  if args.report:
+    contents.update(_report(graph_def, contents[deploy.EVAL_MODEL], input_fn, config))
+  paths = files.write_all(args.output_dir, contents)
+  for name in sorted(paths):
+    print(paths[name])
+
+
+def inspect(args):
+  """Prints every op and whether and how the target quantizes it, or why not."""
+  graph_def = frozen.load_graph_def(args.input_frozen_graph)
+  graph_def, settled = frozen.settle_constant_switches(graph_def)
+  graph = frozen.import_graph_def(graph_def, args.input_frozen_graph)
+  ops = graph.get_operations()
+  print("%d ops: %s" % (len(ops), ", ".join("%s %d" % item for item in sorted(
+      collections.Counter(op.type for op in ops).items()))))
+  consumed = {t.op.name for op in ops for t in op.inputs}
+  print("likely inputs (placeholders): %s" % ", ".join(
+      op.name for op in ops if op.type == "Placeholder"))
+  print("likely outputs (nothing consumes them): %s" % ", ".join(
+      op.name for op in ops if op.name not in consumed and op.type not in ("Const", "NoOp")))
+  if settled:
+    print("%d learning-phase switches settle to their default branch" % settled)
+  if not args.input_nodes or not args.output_nodes:
+    print("give --input_nodes and --output_nodes to see what is quantized")
+    return
+  config = _config(args, graph)
+  notes = _dpu_notes(graph, config)
+  print("\n| op | type | quantization |\n|---|---|---|")
+  for op in ops:
+    print("| %s | %s | %s |" % (op.name, op.type, notes.get(op.name, "")))
+
+
+def dump_verb(args):
+  """Writes the integers of every quantized tensor of quantize_eval_model.pb for some batches."""
+  if args.max_dump_batches < 1:
+    raise CommandError("--max_dump_batches must be at least 1, got %d" % args.max_dump_batches)
+  graph = frozen.import_graph_def(frozen.load_graph_def(args.input_frozen_graph),
+                                  args.input_frozen_graph)
+  input_fn = _load_input_fn(args.input_fn)
+  files.check_output_dir(args.output_dir)
+  contents = dump.dump_contents(graph, input_fn, args.max_dump_batches, bool(args.dump_float))
+  _refuse_existing(args.output_dir, contents, args.overwrite)
+  files.write_all(args.output_dir, contents)
+  print("%d files written to %s" % (len(contents), args.output_dir))
+
+
+# Helpers -------------------------------------------------------------------------------------
+
+def _config(args, graph=None):
+  """The QuantizeConfig of the flags; without --input_shapes, the graph's static shapes."""
+  for flag in ("input_nodes", "output_nodes") + (() if graph else ("input_shapes",)):
+    if not getattr(args, flag):
+      raise CommandError("--%s is required" % flag)
+  inputs = _names(args.input_nodes)
+  shapes = _shapes(args.input_shapes) if args.input_shapes else _graph_shapes(graph, inputs)
+  fields = {name: getattr(args, name) for name in _DPU_FLAGS}
+  return QuantizeConfig(
+      input_nodes=inputs, output_nodes=_names(args.output_nodes), input_shapes=shapes,
+      ignore_nodes=_names(args.ignore_nodes), nodes_bit=_names(args.nodes_bit),
+      nodes_method=_names(args.nodes_method), output_dir=args.output_dir, **fields)
+
+
+def _names(text):
+  return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
+def _shapes(text):
+  """'?,224,224,3:?,300,300,1' -> [[-1, 224, 224, 3], [-1, 300, 300, 1]]."""
+  shapes = []
+  for part in text.split(":"):
+    try:
+      shapes.append([-1 if d.strip() in ("?", "-1", "None") else int(d) for d in part.split(",")])
+    except ValueError:
+      raise CommandError("--input_shapes %r: each shape is comma-separated integers or ? "
+                         "(shapes separated by ':'), e.g. ?,224,224,3" % text) from None
+  return shapes
+
+
+def _graph_shapes(graph, names):
+  shapes = []
+  for name in names:
+    try:
+      shape = graph.get_operation_by_name(name).outputs[0].shape
+    except (KeyError, IndexError):
+      raise CommandError("input node %r is not a node of the graph" % name) from None
+    if shape.rank is None:
+      raise CommandError("input node %r has no static shape: give --input_shapes" % name)
+    shapes.append([-1 if d is None else d for d in shape.as_list()])
+  return shapes
+
+
+def _load_input_fn(spec):
+  """`module.function` from the working directory or the path, as vai_q_tensorflow loads it."""
+  if not spec:
+    raise CommandError("--input_fn is required (module.function returning "
+                       "{placeholder name: array} for a batch number)")
+  module_name, _, function_name = spec.rpartition(".")
+  if not module_name:
+    raise CommandError("--input_fn %r must be module.function" % spec)
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  try:
+    function = getattr(importlib.import_module(module_name), function_name)
+  except ImportError as e:
+    raise CommandError("--input_fn %s: cannot import module %r: %s" % (spec, module_name, e))
+  except AttributeError:
+    raise CommandError("--input_fn %s: module %r has no %r" % (spec, module_name, function_name))
+  if not callable(function):
+    raise CommandError("--input_fn %s is not a function" % spec)
+
+  def checked(i):
+    try:
+      return function(i)
+    except Exception as e:  # the user's code: report it as theirs, in one line
+      raise CommandError("--input_fn %s raised on batch %d: %s: %s"
+                         % (spec, i, type(e).__name__, e)) from e
+  return checked
+
+
+def _refuse_existing(directory, names, overwrite):
+  existing = [os.path.join(directory, name) for name in names
+              if os.path.exists(os.path.join(directory, name))]
+  if existing and not overwrite:
+    more = " (and %d more)" % (len(existing) - 1) if len(existing) > 1 else ""
+    raise CommandError("%s%s already exists; pass --overwrite to replace" % (existing[0], more))
+
+
+def _report(graph_def, eval_model_bytes, input_fn, config):
+  """The per-tensor SQNR report of the quantized eval model on batch 0; the eval model starts
+  at the input nodes, so their values come from the float graph fed input_fn(0)."""
+  graph = frozen.import_graph_def(frozen.settle_constant_switches(graph_def)[0])
+  with tf.compat.v1.Session(graph=graph) as sess:
+    inputs = sess.run({name: name + ":0" for name in config.input_nodes},
+                      calibrate.feed_dict(input_fn, 0, _placeholders(graph)))
+  graph = frozen.import_graph_def(tf.compat.v1.GraphDef.FromString(eval_model_bytes))
+  with tf.compat.v1.Session(graph=graph) as sess:
+    rows = error_report.measure(sess, error_report.find_quantizers(graph),
+                                {name + ":0": value for name, value in inputs.items()})
+  contents = {REPORT + ".md": error_report.markdown(rows).encode(),
+              REPORT + ".csv": error_report.csv_text(rows).encode()}
+  try:
+    contents[REPORT + ".png"] = error_report.bar_chart_png(rows)
+  except ImportError as e:
+    logging.warning("%s; the report has no chart", e)
+  return contents
+
+
+def _placeholders(graph):
+  return {op.name: op.outputs[0] for op in graph.get_operations()
+          if op.type in ("Placeholder", "PlaceholderWithDefault")}
+
+
+def _dpu_notes(graph, config):
+  """{op name: how the DPU rewrite quantizes it, or why it stays float}."""
+  with graph.as_default():
+    rewrite.rewrite(graph, config, training=False)
+  plan = rewrite.rewritten(graph).plan
+  notes = {}
+  for p in plan.points:
+    op = p.tensor.op.name
+    notes[op] = "; ".join(filter(None, [notes.get(op), "%s %d-bit, method %d (%s)"
+                                        % (p.kind, p.bits, p.method, p.name)]))
+  for g in plan.groups:
+    notes[g.layer.name] = "layer: weights %d-bit%s, output %s" % (
+        g.weights.bits, ", bias %d-bit" % g.bias.bits if g.bias else "", g.output.name)
+  for f in plan.float_ops:
+    notes[f.op] = "float: " + f.reason
+  return notes
+
+
+def _parser():
+  parser = argparse.ArgumentParser(prog="qat_rewrite", description=__doc__.splitlines()[0])
+  verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+  def verb(name, function, help_text):
+    sub = verbs.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(run=function)
+    sub.add_argument("--input_frozen_graph", required=True, help="the frozen GraphDef (.pb)")
+    sub.add_argument("--verbose", action="store_true", help="progress logs and tracebacks")
+    return sub
+
+  q = verb("quantize", quantize, "Post-training quantization of a frozen graph (calibration).")
+  _node_flags(q)
+  q.add_argument("--input_fn", help="module.function: batch number -> {placeholder: array}")
+  q.add_argument("--target", choices=["dpu"], default="dpu", help="the accelerator (default dpu)")
+  for name, default in _DPU_FLAGS.items():
+    q.add_argument("--" + name, type=int, default=default, help="default %d" % default)
+  q.add_argument("--nodes_bit", help="per-op bits, name:bits,name:bits")
+  q.add_argument("--nodes_method", help="per-op method, name:method,...")
+  q.add_argument("--output_dir", default="./quantize_results")
+  q.add_argument("--fixneuron_model", type=int, default=1,
+                 help="also write quantize_eval_model_fixneuron.pb (default 1)")
+  q.add_argument("--report", action="store_true",
+                 help="also write quantize_report.md/.csv/.png: range and SQNR per tensor")
+  q.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+  i = verb("inspect", inspect, "List the ops and how the target quantizes each, or why not.")
+  _node_flags(i)
+  i.add_argument("--target", choices=["dpu"], default="dpu")
+  for name, default in _DPU_FLAGS.items():
+    i.set_defaults(**{name: default})
+  i.set_defaults(nodes_bit=None, nodes_method=None, output_dir="./quantize_results")
+
+  d = verb("dump", dump_verb, "Write the integers of each quantized tensor of "
+           "quantize_eval_model.pb (.bin and .txt) for some batches.")
+  d.add_argument("--input_fn", help="module.function: batch number -> {placeholder: array}; "
+                 "quantize_eval_model.pb starts at the input nodes, so feed those")
+  d.add_argument("--output_dir", default="./dump_results")
+  d.add_argument("--max_dump_batches", type=int, default=1)
+  d.add_argument("--dump_float", type=int, default=0, choices=[0, 1],
+                 help="1: also the float output of every op")
+  d.add_argument("--overwrite", action="store_true", help="replace existing output files")
+  return parser
+
+
+def _node_flags(sub):
+  sub.add_argument("--input_nodes", help="comma-separated: where quantization starts")
+  sub.add_argument("--output_nodes", help="comma-separated: where quantization ends")
+  sub.add_argument("--input_shapes", help="e.g. ?,224,224,3 (':' between inputs)")
+  sub.add_argument("--ignore_nodes", help="comma-separated ops that stay float")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,134 @@
+"""Frozen GraphDefs: reading them with clear errors, and settling learning-phase switches.
+
+A Keras model exported from TF 1.x in its learning phase keeps both batch-norm branches behind
+`Switch`/`Merge` on `keras_learning_phase`, a PlaceholderWithDefault that nobody feeds at
+inference. decent_q failed on these ("bad shape" while folding); here the switch is settled to
+the branch its predicate takes when nothing is fed, and the other branch is dropped.
+"""
+
+import collections
+
+import tensorflow as tf
+from google.protobuf import message
+
+# Ops that pass their input through unchanged, when looking for a predicate's value.
+_PASS_THROUGH = ("Identity", "PlaceholderWithDefault")
+
+
+def load_graph_def(path):
+  """The GraphDef in `path`; ValueError naming the file if it is missing or not a GraphDef."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise ValueError("cannot read graph file %r: %s" % (path, e.strerror or e)) from e
+  graph_def = tf.compat.v1.GraphDef()
+  try:
+    graph_def.ParseFromString(data)
+  except message.DecodeError as e:
+    raise ValueError("%r is not a binary GraphDef (.pb): %s" % (path, e)) from e
+  if not graph_def.node:
+    raise ValueError("%r holds no graph nodes: is it a binary GraphDef (.pb)?" % path)
+  return graph_def
+
+
+def import_graph_def(graph_def, path="graph"):
+  """A new tf.Graph holding `graph_def` with its own names; errors name the file."""
+  graph = tf.Graph()
+  with graph.as_default():
+    try:
+      tf.import_graph_def(graph_def, name="")
+    except (ValueError, tf.errors.OpError) as e:
+      raise ValueError("%s cannot be loaded by this TensorFlow: %s" % (path, e)) from e
+  return graph
+
+
+def settle_constant_switches(graph_def):
+  """A copy of `graph_def` where every Switch whose predicate is constant when nothing is fed
+  (a Const, or a PlaceholderWithDefault of one, through Identities) passes its input through,
+  and every Merge takes its one live input. Returns (graph_def, number of switches settled)."""
+  nodes = {node.name: node for node in graph_def.node}
+  taken = {}  # switch name -> the output index that stays live (0: false, 1: true)
+  for node in graph_def.node:
+    if node.op == "Switch":
+      value = _constant_bool(nodes, node.input[1])
+      if value is not None:
+        taken[node.name] = int(value)
+  if not taken:
+    return graph_def, 0
+  dead = _dead_nodes(graph_def, nodes, taken)
+  result = tf.compat.v1.GraphDef()
+  result.versions.CopyFrom(graph_def.versions)
+  result.library.CopyFrom(graph_def.library)
+  for node in graph_def.node:
+    if node.name in dead:
+      continue
+    new = result.node.add()
+    new.CopyFrom(node)
+    data = [i for i in node.input if not i.startswith("^")]
+    live = [i for i in data if _source(i) not in dead and not _killed_by(i, taken)]
+    if node.name in taken or (node.op == "Merge" and len(live) < len(data)):
+      live = data[:1] if node.name in taken else live
+      new.op = "Identity"
+      del new.input[:]
+      new.input.extend(live + [i for i in node.input if i.startswith("^")])
+      for key in list(new.attr):
+        if key != "T":
+          del new.attr[key]
+    new.input[:] = [_settled_input(i, taken) for i in new.input if _source(i) not in dead]
+  return result, len(taken)
+
+
+def _constant_bool(nodes, name):
+  """The value of a boolean predicate when nothing is fed, or None if it is not constant."""
+  node = nodes.get(_source(name))
+  while node is not None and node.op in _PASS_THROUGH:
+    node = nodes.get(_source(node.input[0])) if node.input else None
+  if node is None or node.op != "Const":
+    return None
+  value = tf.make_ndarray(node.attr["value"].tensor)
+  return bool(value) if value.size == 1 else None
+
+
+def _dead_nodes(graph_def, nodes, taken):
+  """Nodes that only run on a branch not taken: a dead input kills a node, except a Merge,
+  which dies only when all its inputs are dead."""
+  consumers = collections.defaultdict(list)
+  for node in graph_def.node:
+    for name in node.input:
+      consumers[_source(name)].append((node, name))
+  dead, frontier = set(), []
+  for switch, index in taken.items():
+    for consumer, name in consumers[switch]:
+      if _output_index(name) == 1 - index and not name.startswith("^"):
+        frontier.append(consumer)
+  while frontier:
+    node = frontier.pop()
+    if node.name in dead:
+      continue
+    if node.op == "Merge" and any(_source(i) not in dead and not i.startswith("^")
+                                  and not _killed_by(i, taken) for i in node.input):
+      continue
+    dead.add(node.name)
+    frontier.extend(consumer for consumer, _ in consumers[node.name])
+  return dead
+
+
+def _killed_by(name, taken):
+  """True if input `name` reads the untaken output of a settled switch."""
+  source = _source(name)
+  return source in taken and _output_index(name) == 1 - taken[source]
+
+
+def _settled_input(name, taken):
+  """A settled switch is an Identity: its live output is output 0."""
+  return _source(name) if _source(name) in taken and not name.startswith("^") else name
+
+
+def _source(name):
+  return name.lstrip("^").split(":")[0]
+
+
+def _output_index(name):
+  parts = name.split(":")
+  return int(parts[1]) if len(parts) > 1 else 0

@@ -1,0 +1,109 @@
+"""Post-training quantization of a frozen graph for the DPU (vai_q_tensorflow's quantize_frozen).
+
+Calibration is the QAT position tracking without training: the frozen graph gets the training
+rewrite (its batch norms are in inference mode, so they fold with their moving statistics),
+`calib_iter` batches from `input_fn` run through it, and each activation's position histogram
+counts the batch positions. The histograms go to a temporary checkpoint, and the eval rewrite
+and deploy freeze of the QAT path write the same files from it. Only one batch is held at a
+time, so memory does not grow with `calib_iter`.
+"""
+
+import os
+import re
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from qat_rewrite import files
+from qat_rewrite.graph import frozen
+from qat_rewrite.targets.dpu import deploy, rewrite
+
+v1 = tf.compat.v1
+
+
+def quantize_frozen(graph_def, input_fn, config, fixneuron_model=True):
+  """Calibrates `graph_def` on `input_fn(0..calib_iter-1)` and writes the deploy files into
+  `config.output_dir`; returns {file name: path}. Nothing is written if anything fails."""
+  files.check_output_dir(config.output_dir)
+  return files.write_all(config.output_dir, calibrated_contents(graph_def, input_fn, config,
+                                                                fixneuron_model))
+
+
+def calibrated_contents(graph_def, input_fn, config, fixneuron_model=True):
+  """{file name: bytes} of the deploy files after calibration (see quantize_frozen)."""
+  if not callable(input_fn):
+    raise ValueError("input_fn must be a function of the batch number returning "
+                     "{placeholder name: array}, got %r" % (input_fn,))
+  graph_def, settled = frozen.settle_constant_switches(graph_def)
+  if settled:
+    logging.info("calibration: %d learning-phase switches settled to their default branch",
+                 settled)
+  with tempfile.TemporaryDirectory(prefix="qat_rewrite_calib.") as temp:
+    checkpoint = _calibrate(graph_def, input_fn, config, os.path.join(temp, "positions"))
+    graph = frozen.import_graph_def(graph_def)
+    with graph.as_default():
+      rewrite.rewrite(graph, config, training=False)
+      return deploy.deploy_contents(graph, config, checkpoint, fixneuron_model)
+
+
+def _calibrate(graph_def, input_fn, config, prefix):
+  """Runs the calibration batches; returns the checkpoint prefix holding the histograms."""
+  graph = frozen.import_graph_def(graph_def)
+  with graph.as_default():
+    rewrite.rewrite(graph, config, training=True)
+    plan = rewrite.rewritten(graph).plan
+    with tf.name_scope("calibration"):
+      checks = [tf.raw_ops.CheckNumerics(tensor=p.tensor, message="NaN or Inf in " + p.tensor.name)
+                for p in plan.points]
+      step = tf.group([graph.get_tensor_by_name(p.name + ":0").op for p in plan.points] + checks)
+    placeholders = {op.name: op.outputs[0] for op in graph.get_operations()
+                    if op.type in ("Placeholder", "PlaceholderWithDefault")}
+    saver = v1.train.Saver()
+    with v1.Session(graph=graph) as sess:
+      sess.run(v1.global_variables_initializer())
+      started, every = time.time(), max(1, config.calib_iter // 10)
+      for i in range(config.calib_iter):
+        feeds = feed_dict(input_fn, i, placeholders)
+        try:
+          sess.run(step, feeds)
+        except tf.errors.InvalidArgumentError as e:
+          raise ValueError("calibration batch %d (input_fn(%d)): %s" % (i, i, _reason(e))) from e
+        del feeds
+        if (i + 1) % every == 0 or i + 1 == config.calib_iter:
+          logging.info("calibration: batch %d/%d (%.1f s)", i + 1, config.calib_iter,
+                       time.time() - started)
+      return saver.save(sess, prefix, write_meta_graph=False)
+
+
+def _reason(error):
+  """The line of a TF error that says what went wrong, without TF's stack of frames."""
+  bad = re.search(r"NaN or Inf in (\S+) : (.*)", error.message)
+  if bad:
+    return "NaN or Inf in %s (%s)" % (bad.group(1), bad.group(2).strip().rstrip("."))
+  lines = [line for line in error.message.splitlines() if line.strip()]
+  return lines[-2] if len(lines) > 1 and lines[-1].strip().startswith("[[") else lines[-1]
+
+
+def feed_dict(input_fn, i, placeholders):
+  """input_fn(i) checked and keyed by tensor: {placeholder name: array} is the contract."""
+  feeds = input_fn(i)
+  if not isinstance(feeds, dict) or not feeds:
+    raise ValueError("input_fn(%d) returned %s; it must return a non-empty dict "
+                     "{placeholder name: array}" % (i, type(feeds).__name__))
+  result = {}
+  for name, value in feeds.items():
+    op_name = name.split(":")[0] if isinstance(name, str) else None
+    if op_name not in placeholders:
+      raise ValueError("input_fn(%d) feeds %r, which is not a placeholder of the graph; "
+                       "placeholders: %s" % (i, name, ", ".join(sorted(placeholders))))
+    value = np.asarray(value)
+    shape = placeholders[op_name].shape
+    if shape.rank is not None and (value.ndim != shape.rank or not shape.is_compatible_with(
+        value.shape)):
+      raise ValueError("input_fn(%d) feeds %r an array of shape %s; the placeholder's shape is %s"
+                       % (i, name, list(value.shape), shape.as_list()))
+    result[placeholders[op_name]] = value
+  return result

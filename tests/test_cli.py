@@ -1,0 +1,174 @@
+"""The `qat_rewrite` command line: each verb, its output files, and its errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dpu_models
+from qat_rewrite import cli
+from test_dpu_calibrate import frozen_test_cnn
+
+INPUT_FN_MODULE = '''
+import numpy as np
+
+def input_fn(i):
+  return {"raw": np.random.RandomState(i).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)}
+
+def scaled_input_fn(i):
+  return {"net_in": input_fn(i)["raw"] / 255.0}
+
+def wrong_key(i):
+  return {"pixels": np.zeros((4, 16, 16, 3), np.float32)}
+
+def raises(i):
+  raise RuntimeError("dataset not found")
+'''
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+  """A directory with model.pb and calib.py, as the working directory."""
+  (tmp_path / "model.pb").write_bytes(frozen_test_cnn().SerializeToString())
+  (tmp_path / "calib.py").write_text(INPUT_FN_MODULE)
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  sys.modules.pop("calib", None)
+  return tmp_path
+
+
+QUANTIZE = ["quantize", "--input_frozen_graph", "model.pb", "--input_nodes", "net_in",
+            "--output_nodes", "logits/BiasAdd", "--input_shapes", "?,16,16,3",
+            "--input_fn", "calib.input_fn", "--calib_iter", "2", "--output_dir", "out"]
+
+
+def _run(argv, capsys):
+  status = cli.main(argv)
+  out, err = capsys.readouterr()
+  return status, out, err
+
+
+def _flag(argv, name, value):
+  argv = list(argv)
+  argv[argv.index(name) + 1] = value
+  return argv
+
+
+def test_quantize_writes_the_deploy_files_and_the_report(workdir, capsys):
+  status, out, err = _run(QUANTIZE + ["--report", "--weight_bit", "6"], capsys)
+  assert status == 0, err
+  assert sorted(os.listdir(workdir / "out")) == [
+      "deploy_model.pb", "quantize_eval_model.pb", "quantize_eval_model_fixneuron.pb",
+      "quantize_info.txt", "quantize_report.csv", "quantize_report.md", "quantize_report.png"]
+  info = (workdir / "out" / "quantize_info.txt").read_text()
+  assert "conv1/mul_fold/wquant weights 6 " in info
+  table = (workdir / "out" / "quantize_report.md").read_text()
+  assert "| net_in/aquant | 8-bit, pos " in table and "| leaky/aquant |" in table
+  assert (workdir / "out" / "quantize_report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quantize_refuses_to_overwrite_unless_told(workdir, capsys):
+  assert _run(QUANTIZE, capsys)[0] == 0
+  before = (workdir / "out" / "deploy_model.pb").stat().st_mtime_ns
+  status, _, err = _run(QUANTIZE, capsys)
+  assert status == 1 and "already exists; pass --overwrite" in err
+  assert (workdir / "out" / "deploy_model.pb").stat().st_mtime_ns == before
+  assert _run(QUANTIZE + ["--overwrite"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--input_frozen_graph", "missing.pb"), "cannot read graph file 'missing.pb'"),
+    (("--input_frozen_graph", "calib.py"), "'calib.py' is not a binary GraphDef"),
+    (("--input_nodes", "no_such_node"), "no_such_node"),
+    (("--input_shapes", "?,16,x,3"), "--input_shapes '?,16,x,3'"),
+    (("--input_fn", "nowhere.input_fn"), "cannot import module 'nowhere'"),
+    (("--input_fn", "calib.missing"), "module 'calib' has no 'missing'"),
+    (("--input_fn", "calib.wrong_key"), "feeds 'pixels', which is not a placeholder"),
+    (("--input_fn", "calib.raises"), "raised on batch 0: RuntimeError: dataset not found"),
+    (("--weight_bit", "17"), "weight_bit"),
+    (("--calib_iter", "0"), "calib_iter"),
+])
+def test_quantize_errors_are_one_line_exit_1_and_write_nothing(workdir, capsys, change, message):
+  argv = _flag(QUANTIZE, *change) if change[0] in QUANTIZE else QUANTIZE + list(change)
+  status, out, err = _run(argv, capsys)
+  assert status == 1
+  assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+  assert not (workdir / "out").exists()
+
+
+def test_verbose_shows_the_traceback(workdir, capsys):
+  status, _, err = _run(_flag(QUANTIZE, "--input_fn", "calib.raises") + ["--verbose"], capsys)
+  assert status == 1 and "Traceback" in err
+
+
+def test_usage_errors_exit_2(workdir, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["quantize", "--input_nodes", "net_in"])  # no --input_frozen_graph
+  assert e.value.code == 2
+  with pytest.raises(SystemExit) as e:
+    cli.main(["compress"])
+  assert e.value.code == 2
+
+
+@pytest.mark.parametrize("verb", ["quantize", "inspect", "dump"])
+def test_every_verb_has_help(verb):
+  result = subprocess.run([sys.executable, "-m", "qat_rewrite", verb, "--help"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0 and "--input_frozen_graph" in result.stdout
+
+
+def test_inspect_says_how_each_op_is_quantized_or_why_not(workdir, capsys):
+  status, out, _ = _run(["inspect", "--input_frozen_graph", "model.pb"], capsys)
+  assert status == 0
+  assert "likely inputs (placeholders): raw, labels" in out or "raw" in out.split("likely inputs")[1]
+  assert "give --input_nodes and --output_nodes" in out
+  status, out, _ = _run(["inspect", "--input_frozen_graph", "model.pb", "--input_nodes", "net_in",
+                         "--output_nodes", "logits/BiasAdd", "--ignore_nodes", "branch_a/Conv2D"],
+                        capsys)
+  assert status == 0
+  rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines()
+          if line.startswith("| ")}
+  assert "layer: weights 8-bit, bias 8-bit" in rows["conv2/Conv2D"]
+  assert "float: " in rows["branch_a/Conv2D"] and "ignore_nodes" in rows["branch_a/Conv2D"]
+  assert "activation 8-bit" in rows["leaky"]
+  assert "input 8-bit, method 0" in rows["net_in"]
+
+
+def test_dump_writes_the_integers_of_every_quantized_tensor(workdir, capsys):
+  assert _run(QUANTIZE, capsys)[0] == 0
+  # quantize_eval_model.pb starts at the input node: the dump feeds net_in, not raw.
+  status, out, err = _run(["dump", "--input_frozen_graph", "out/quantize_eval_model.pb",
+                           "--input_fn", "calib.scaled_input_fn", "--output_dir", "dump",
+                           "--dump_float", "1"], capsys)
+  assert status == 0, err
+  positions = {}
+  for line in open("out/quantize_info.txt"):
+    if line.startswith("# layer"):
+      break
+    if not line.startswith("#"):
+      name, _, bits, pos = line.split()[:4]
+      positions[name] = (int(bits), int(pos))
+  weights = np.loadtxt("dump/dump_results_weights/conv1_mul_fold_wquant.txt", dtype=np.int64)
+  raw = np.fromfile("dump/dump_results_weights/conv1_mul_fold_wquant.bin", np.int8)
+  assert np.array_equal(weights, raw) and weights.size == 3 * 3 * 3 * 8
+  assert np.abs(weights).max() <= 128
+  relu = np.fromfile("dump/dump_results_0/relu1_aquant.bin", np.int8)
+  relu_float = np.fromfile("dump/dump_results_0/relu1_aquant_float.bin", np.float32)
+  _, pos = positions["relu1/aquant"]
+  np.testing.assert_array_equal(relu, relu_float * 2.0 ** pos)
+  assert relu.min() >= 0 and relu.size == 4 * 16 * 16 * 8
+  assert os.path.exists("dump/dump_results_0/net_in_aquant.txt")
+  assert not os.path.exists("dump/dump_results_1")
+
+
+def test_dump_refuses_a_float_graph(workdir, capsys):
+  status, _, err = _run(["dump", "--input_frozen_graph", "model.pb", "--input_fn",
+                         "calib.input_fn", "--output_dir", "dump"], capsys)
+  assert status == 1 and "no quantized tensors" in err and not os.path.exists("dump")
+
+
+def test_input_shapes_parse_vai_q_spelling():
+  assert cli._shapes("?,224,224,3:?,300,300,1") == [[-1, 224, 224, 3], [-1, 300, 300, 1]]
+  assert dpu_models.INPUT_SHAPES == [[-1, 16, 16, 3]]
