@@ -17,9 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from qat_rewrite import error_report, files  # noqa: E402
+from qat_rewrite import calibration_data, error_report, files  # noqa: E402
 from qat_rewrite.decent_q.config import QuantizeConfig  # noqa: E402
 from qat_rewrite.graph import frozen  # noqa: E402
+from qat_rewrite.targets import tflite  # noqa: E402
+from qat_rewrite.targets.ascend import ptq as ascend_ptq  # noqa: E402
 from qat_rewrite.targets.dpu import calibrate, deploy, dump, rewrite  # noqa: E402
 
 REPORT = "quantize_report"
@@ -52,20 +54,38 @@ def main(argv=None):
 # Verbs ---------------------------------------------------------------------------------------
 
 def quantize(args):
-  """Post-training quantization: calibrate, then write the deploy files (and the report)."""
+  """Post-training quantization: calibrate, then write the target's files (and the report)."""
   config = _config(args)
-  names = [deploy.EVAL_MODEL, deploy.DEPLOY_MODEL, deploy.INFO]
-  names += [deploy.FIXNEURON_MODEL] if args.fixneuron_model else []
-  names += [REPORT + ext for ext in (".md", ".csv", ".png")] if args.report else []
-  _refuse_existing(args.output_dir, names, args.overwrite)
+  if args.report and args.target != "dpu":
+    raise CommandError("--report is available for --target dpu")
   graph_def = frozen.load_graph_def(args.input_frozen_graph)
   input_fn = _load_input_fn(args.input_fn)
-  contents = calibrate.calibrated_contents(graph_def, input_fn, config, args.fixneuron_model)
+  files.check_output_dir(args.output_dir)
+  contents = _TARGETS[args.target](args, graph_def, input_fn, config)
   if args.report:
     contents.update(_report(graph_def, contents[deploy.EVAL_MODEL], input_fn, config))
+  _refuse_existing(args.output_dir, contents, args.overwrite)
   paths = files.write_all(args.output_dir, contents)
   for name in sorted(paths):
     print(paths[name])
+
+
+def _dpu_files(args, graph_def, input_fn, config):
+  return calibrate.calibrated_contents(graph_def, input_fn, config, args.fixneuron_model)
+
+
+def _ascend_files(args, graph_def, input_fn, config):
+  return ascend_ptq.calibrated_contents(args.input_frozen_graph, graph_def, input_fn,
+                                        config.output_nodes, config.calib_iter)
+
+
+def _tflite_files(args, graph_def, input_fn, config):
+  return tflite.calibrated_contents(frozen.settle_constant_switches(graph_def)[0], input_fn,
+                                    config.input_nodes, config.output_nodes, config.input_shapes,
+                                    config.calib_iter)
+
+
+_TARGETS = {"dpu": _dpu_files, "ascend": _ascend_files, "tflite": _tflite_files}
 
 
 def inspect(args):
@@ -189,12 +209,10 @@ def _refuse_existing(directory, names, overwrite):
 
 
 def _report(graph_def, eval_model_bytes, input_fn, config):
-  """The per-tensor SQNR report of the quantized eval model on batch 0; the eval model starts
-  at the input nodes, so their values come from the float graph fed input_fn(0)."""
-  graph = frozen.import_graph_def(frozen.settle_constant_switches(graph_def)[0])
-  with tf.compat.v1.Session(graph=graph) as sess:
-    inputs = sess.run({name: name + ":0" for name in config.input_nodes},
-                      calibrate.feed_dict(input_fn, 0, _placeholders(graph)))
+  """The per-tensor SQNR report of the quantized eval model on batch 0 (fed the input nodes'
+  values, since the eval model starts there)."""
+  graph_def = frozen.settle_constant_switches(graph_def)[0]
+  (inputs,) = calibration_data.input_node_batches(graph_def, input_fn, config.input_nodes, 1)
   graph = frozen.import_graph_def(tf.compat.v1.GraphDef.FromString(eval_model_bytes))
   with tf.compat.v1.Session(graph=graph) as sess:
     rows = error_report.measure(sess, error_report.find_quantizers(graph),
@@ -206,11 +224,6 @@ def _report(graph_def, eval_model_bytes, input_fn, config):
   except ImportError as e:
     logging.warning("%s; the report has no chart", e)
   return contents
-
-
-def _placeholders(graph):
-  return {op.name: op.outputs[0] for op in graph.get_operations()
-          if op.type in ("Placeholder", "PlaceholderWithDefault")}
 
 
 def _dpu_notes(graph, config):
@@ -245,7 +258,9 @@ def _parser():
   q = verb("quantize", quantize, "Post-training quantization of a frozen graph (calibration).")
   _node_flags(q)
   q.add_argument("--input_fn", help="module.function: batch number -> {placeholder: array}")
-  q.add_argument("--target", choices=["dpu"], default="dpu", help="the accelerator (default dpu)")
+  q.add_argument("--target", choices=sorted(_TARGETS), default="dpu",
+                 help="dpu: decent_q's files; ascend: AMCT's record and models; tflite: a "
+                 "fully-integer .tflite (default dpu)")
   for name, default in _DPU_FLAGS.items():
     q.add_argument("--" + name, type=int, default=default, help="default %d" % default)
   q.add_argument("--nodes_bit", help="per-op bits, name:bits,name:bits")

@@ -172,3 +172,26 @@ def test_dump_refuses_a_float_graph(workdir, capsys):
 def test_input_shapes_parse_vai_q_spelling():
   assert cli._shapes("?,224,224,3:?,300,300,1") == [[-1, 224, 224, 3], [-1, 300, 300, 1]]
   assert dpu_models.INPUT_SHAPES == [[-1, 16, 16, 3]]
+
+
+def test_quantize_for_tflite_writes_a_fully_integer_model(workdir, capsys):
+  import tensorflow as tf
+  status, out, err = _run(_flag(QUANTIZE, "--output_dir", "tfl") + ["--target", "tflite"], capsys)
+  assert status == 0, err
+  interpreter = tf.lite.Interpreter(model_path="tfl/quantized_model.tflite")
+  types = {np.dtype(d["dtype"]).name for d in interpreter.get_tensor_details()}
+  assert "float32" not in types and "int8" in types
+  assert interpreter.get_input_details()[0]["name"] == "net_in"
+
+
+def test_quantize_for_ascend_writes_the_record_and_both_models(workdir, capsys):
+  status, out, err = _run(_flag(QUANTIZE, "--output_dir", "asc") + ["--target", "ascend"], capsys)
+  assert status == 0, err
+  assert sorted(os.listdir("asc")) == ["model_fake_quant.pb", "model_quantized.pb", "record.txt"]
+  record = open("asc/record.txt").read()
+  assert 'key: "conv1/Conv2D"' in record and "scale_d" in record and "offset_w" in record
+
+
+def test_report_is_for_the_dpu_target(workdir, capsys):
+  status, _, err = _run(QUANTIZE + ["--target", "tflite", "--report"], capsys)
+  assert status == 1 and "--report is available for --target dpu" in err

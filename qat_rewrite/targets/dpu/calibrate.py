@@ -13,11 +13,10 @@ import re
 import tempfile
 import time
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from qat_rewrite import files
+from qat_rewrite import calibration_data, files
 from qat_rewrite.graph import frozen
 from qat_rewrite.targets.dpu import deploy, rewrite
 
@@ -59,14 +58,13 @@ def _calibrate(graph_def, input_fn, config, prefix):
       checks = [tf.raw_ops.CheckNumerics(tensor=p.tensor, message="NaN or Inf in " + p.tensor.name)
                 for p in plan.points]
       step = tf.group([graph.get_tensor_by_name(p.name + ":0").op for p in plan.points] + checks)
-    placeholders = {op.name: op.outputs[0] for op in graph.get_operations()
-                    if op.type in ("Placeholder", "PlaceholderWithDefault")}
+    placeholders = calibration_data.placeholders(graph)
     saver = v1.train.Saver()
     with v1.Session(graph=graph) as sess:
       sess.run(v1.global_variables_initializer())
       started, every = time.time(), max(1, config.calib_iter // 10)
       for i in range(config.calib_iter):
-        feeds = feed_dict(input_fn, i, placeholders)
+        feeds = calibration_data.feed_dict(input_fn, i, placeholders)
         try:
           sess.run(step, feeds)
         except tf.errors.InvalidArgumentError as e:
@@ -85,25 +83,3 @@ def _reason(error):
     return "NaN or Inf in %s (%s)" % (bad.group(1), bad.group(2).strip().rstrip("."))
   lines = [line for line in error.message.splitlines() if line.strip()]
   return lines[-2] if len(lines) > 1 and lines[-1].strip().startswith("[[") else lines[-1]
-
-
-def feed_dict(input_fn, i, placeholders):
-  """input_fn(i) checked and keyed by tensor: {placeholder name: array} is the contract."""
-  feeds = input_fn(i)
-  if not isinstance(feeds, dict) or not feeds:
-    raise ValueError("input_fn(%d) returned %s; it must return a non-empty dict "
-                     "{placeholder name: array}" % (i, type(feeds).__name__))
-  result = {}
-  for name, value in feeds.items():
-    op_name = name.split(":")[0] if isinstance(name, str) else None
-    if op_name not in placeholders:
-      raise ValueError("input_fn(%d) feeds %r, which is not a placeholder of the graph; "
-                       "placeholders: %s" % (i, name, ", ".join(sorted(placeholders))))
-    value = np.asarray(value)
-    shape = placeholders[op_name].shape
-    if shape.rank is not None and (value.ndim != shape.rank or not shape.is_compatible_with(
-        value.shape)):
-      raise ValueError("input_fn(%d) feeds %r an array of shape %s; the placeholder's shape is %s"
-                       % (i, name, list(value.shape), shape.as_list()))
-    result[placeholders[op_name]] = value
-  return result

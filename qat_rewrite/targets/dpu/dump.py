@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from qat_rewrite import calibration_data
 from qat_rewrite.quant import pow2
-from qat_rewrite.targets.dpu import calibrate
 from qat_rewrite.targets.dpu.deploy_model import to_integers
 
 _SKIPPED_FLOAT_TYPES = ("Const", "Placeholder", "Switch", "Merge", "Enter", "Exit", "NextIteration")
@@ -26,8 +26,7 @@ def dump_contents(graph, input_fn, max_dump_batches=1, dump_float=False):
                      "dump reads quantize_eval_model.pb")
   weights = [op for op in points if op.node_def.attr["_mode"].i != 1]
   activations = [op for op in points if op.node_def.attr["_mode"].i == 1]
-  placeholders = {op.name: op.outputs[0] for op in graph.get_operations()
-                  if op.type in ("Placeholder", "PlaceholderWithDefault")}
+  placeholders = calibration_data.placeholders(graph)
   floats = [t for op in graph.get_operations() if op.type not in _SKIPPED_FLOAT_TYPES
             for t in op.outputs if t.dtype.is_floating] if dump_float else []
   contents = {}
@@ -36,7 +35,7 @@ def dump_contents(graph, input_fn, max_dump_batches=1, dump_float=False):
     for op in weights:
       contents.update(_integer_files("dump_results_weights", op, values[op.name]))
     for i in range(max_dump_batches):
-      feeds = calibrate.feed_dict(input_fn, i, placeholders)
+      feeds = calibration_data.feed_dict(input_fn, i, placeholders)
       values, float_values = sess.run(({op.name: op.outputs[0] for op in activations},
                                        {t.name: t for t in floats}), feeds)
       folder = "dump_results_%d" % i
