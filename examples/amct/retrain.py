@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "decent_q"))  # the share
 # import amct_tensorflow as amct
 from qat_rewrite import amct  # noqa: E402
 from qat_rewrite.datasets import load_mnist  # noqa: E402
-from model import accuracy, batches, model_fn, placeholders  # noqa: E402
+from model import accuracy, model_fn, placeholders  # noqa: E402
+from train import train_loop  # noqa: E402  (examples/decent_q/train.py)
 
 v1 = tf.compat.v1
 OUTPUT = "model/logits/BiasAdd"
@@ -44,17 +45,6 @@ def parse_args(argv=None):
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
   return parser.parse_args(argv)
-
-
-def train(sess, train_op, loss, images, labels, data, args, steps, label):
-  feed = batches(*data, args.batch_size, args.seed)
-  start = time.time()
-  for i in range(1, steps + 1):
-    x, y = next(feed)
-    _, value = sess.run([train_op, loss], {images: x, labels: y})
-    if i % max(1, steps // 4) == 0:
-      print("  [%s] step %5d/%d  loss %.4f  (%.0f s)" % (label, i, steps, value,
-                                                        time.time() - start))
 
 
 def minimize(loss, lr):
@@ -72,7 +62,7 @@ def float_model(args, data, test, ckpt):
       train_op = minimize(loss, 1e-3)
       with v1.Session() as sess:
         sess.run(v1.global_variables_initializer())
-        train(sess, train_op, loss, images, labels, data, args, args.float_steps, "float")
+        train_loop(sess, train_op, loss, images, labels, data, args, args.float_steps, "float")
         v1.train.Saver().save(sess, ckpt)
   with tf.Graph().as_default():
     v1.set_random_seed(args.seed)
@@ -115,7 +105,8 @@ def main(argv=None):
     with v1.Session() as sess:
       sess.run(init)
       v1.train.Saver(float_vars).restore(sess, paths["float.ckpt"])
-      train(sess, train_op, loss, images, labels, data, args, args.retrain_steps, "retrain")
+      train_loop(sess, train_op, loss, images, labels, data, args, args.retrain_steps,
+                 "retrain")
       v1.train.Saver().save(sess, paths["retrain.ckpt"])
 
   print("\n== Eval graph, record file, quantized model")
