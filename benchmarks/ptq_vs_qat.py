@@ -30,9 +30,12 @@ v1 = tf.compat.v1
 
 
 def config(bits, output_dir):
+  """`bits` everywhere except the classifier, kept at 8 bits (weights and logits) as is usual:
+  4-bit logits are 16 levels, and argmax ties between them cost more than any layer."""
+  classifier = ["model/logits/MatMul:8", OUTPUT_NODE + ":8"] if bits < 8 else []
   return decent_q.QuantizeConfig(input_nodes=[INPUT_NODE], output_nodes=[OUTPUT_NODE],
                                  input_shapes=[INPUT_SHAPE], weight_bit=bits, activation_bit=bits,
-                                 calib_iter=20, output_dir=output_dir)
+                                 nodes_bit=classifier, calib_iter=20, output_dir=output_dir)
 
 
 def ptq(pb_path, bits, workdir):
