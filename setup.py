@@ -18,6 +18,11 @@ setup(
         "protobuf",
         "absl-py",
     ],
-    extras_require={"test": ["pytest>=7", "matplotlib"], "report": ["matplotlib"]},
+    extras_require={
+        "test": ["pytest>=7", "matplotlib", "onnx==1.23.2", "onnxruntime==1.31.1",
+                 "tf2onnx==1.17.0"],
+        "report": ["matplotlib"],
+        "onnx": ["onnx==1.23.2", "onnxruntime==1.31.1", "tf2onnx==1.17.0"],
+    },
     entry_points={"console_scripts": ["qat_rewrite=qat_rewrite.cli:main"]},
 )

@@ -69,6 +69,19 @@ def test_mobilenet_v2_eval_graph_quantizes_depthwise_and_residual_adds():
   assert adds and all(
       any(c.type in FAKE_QUANTS for c in _consumers(graph, op.outputs[0])) for op in adds)
   assert not any("Assign" in op.type for op in live)  # eval ranges are read-only
+  # Every reader of a layer output reads it quantized: a project conv's output feeds both the
+  # residual add and the next block's expand conv (blocks 1, 3, 6, 10, 13).
+  for op in live:
+    if op.type in FAKE_QUANTS and not op.name.rpartition("/")[0].endswith("weights_quant"):
+      readers = [c.name for c in _consumers(graph, op.inputs[0]) if c.type not in FAKE_QUANTS]
+      assert not readers, (op.name, readers)
+  net = "mobilenetv2_1.00_32/"
+  expand = graph.get_operation_by_name(net + "block_2_expand/Conv2D")
+  assert expand.inputs[0].op.name == net + "block_1_project/conv_quant/" + FAKE_QUANTS[0]
+  mean = net + "global_average_pooling2d/Mean"
+  assert report.other_quantizers == [mean + "/activation_Mean_quant"]
+  classifier = graph.get_operation_by_name(net + "predictions/MatMul")
+  assert classifier.inputs[0].op.name == mean + "/activation_Mean_quant/" + FAKE_QUANTS[0]
 
 
 def _consumers(graph, tensor):

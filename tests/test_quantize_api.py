@@ -527,7 +527,9 @@ def _model(images, is_training):
   shortcut = x
   x = builders.conv2d(x, 6, 1, activation=None, scope='conv2')
   x = tf.nn.relu6(x + shortcut)
-  x = tf.reshape(x, [-1, 4 * 4 * 6])
+  x = tf.nn.avg_pool2d(x, 2, 2, 'VALID', name='pool')  # on its input's range: no new variables
+  x = tf.reduce_mean(x, [1, 2], keepdims=True, name='gap')  # a range of its own
+  x = tf.reshape(x, [-1, 6])
   return builders.fully_connected(x, 4, activation=None, scope='logits')
 
 
@@ -568,6 +570,10 @@ def test_training_checkpoint_restores_into_the_eval_graph(tmp_path):
   assert len(train_report.quantized_weights) == 4
   assert np.all(np.isfinite(out))
   assert sorted(restored) == sorted(saved)
+  assert {'gap/activation_Mean_quant/min', 'gap/activation_Mean_quant/max'} <= set(saved)
+  assert not [name for name in saved if name.startswith('pool/')]
+  assert train_report.other_quantizers == eval_report.other_quantizers == [
+      'pool/activation_AvgPool_quant', 'gap/activation_Mean_quant']
   for name, value in saved.items():
     np.testing.assert_array_equal(restored[name], value, err_msg=name)
   # A step really ran: the ranges are no longer their initial values.

@@ -373,6 +373,115 @@ def test_shared_resource_weights_get_one_quantizer():
   assert len(_fake_quants(g)) == 4
 
 
+# --- beyond contrib: every reader of a quantized tensor, pooling --------------------------------
+
+
+def _assert_every_reader_is_quantized(graph):
+  """No op outside a quantizer reads a tensor that an activation quantizer quantizes."""
+  for fq in _fake_quants(graph):
+    scope = fq.name.rpartition('/')[0]
+    if scope.endswith('weights_quant'):
+      continue
+    readers = [c.name for c in fq.inputs[0].consumers() if not c.name.startswith(scope + '/')]
+    assert not readers, '%s reads %s unquantized' % (readers, fq.inputs[0].name)
+
+
+@TRAINING
+def test_layer_output_read_by_a_residual_add_and_the_next_layer_is_quantized_for_both(training):
+  """MobileNetV2's project conv: its output feeds the residual add and the next block's conv.
+
+  contrib rerouted `conv_quant` to the add alone, so the next conv read the float tensor and
+  TFLite had no range for it; every reader now gets the quantized tensor.
+  """
+  with tf.Graph().as_default() as g:
+    project = builders.conv2d(builders.conv_input(), 8, 1, activation=None, scope='test/project')
+    expand = builders.conv2d(project, 8, 1, scope='test/expand')
+    project2 = builders.conv2d(expand, 8, 1, activation=None, scope='test/project2')
+    tf.add(project, project2, name='test/add')
+    _rewrite(g, training)
+  conv_out = _assert_quantizer(g, 'test/project/conv_quant', 'test/project/BiasAdd', training)
+  assert _op(g, 'test/add').inputs[0] is conv_out.outputs[0]
+  assert _op(g, 'test/expand/Conv2D').inputs[0] is conv_out.outputs[0]
+  other = _assert_quantizer(g, 'test/project2/act_quant', 'test/project2/BiasAdd', training)
+  assert _op(g, 'test/add').inputs[1] is other.outputs[0]
+  _assert_quantizer(g, 'test/add_quant', 'test/add', training)
+  _assert_every_reader_is_quantized(g)
+
+
+@TRAINING
+@pytest.mark.parametrize('between', [None, 'MaxPool'])
+def test_avg_pool_output_is_rounded_on_its_input_quantizer_grid(training, between):
+  """TFLite keeps AvgPool on its input's scale but rounds the average: the output FakeQuant
+  reads the input quantizer's own range tensors (through grid-keeping ops such as MaxPool),
+  so no variable is added and old checkpoints still restore."""
+  with tf.Graph().as_default() as g:
+    x = builders.conv2d(builders.conv_input(), 8, 3, scope='test/test')
+    if between:
+      x = tf.nn.max_pool2d(x, 2, 1, 'SAME', name='test/max')
+    pooled = tf.nn.avg_pool2d(x, 2, 2, 'VALID', name='test/pool')
+    builders.conv2d(pooled, 8, 1, scope='test/next')
+    variables = set(v.op.name for v in g.get_collection('variables'))
+    report = _rewrite(g, training)
+  act = _assert_quantizer(g, 'test/test/act_quant', 'test/test/Relu6', training)
+  fq = _op(g, 'test/pool/activation_AvgPool_quant/' + FQ)
+  assert fq.inputs[0] is pooled
+  assert fq.inputs[1] is act.inputs[1] and fq.inputs[2] is act.inputs[2]
+  assert fq.get_attr('num_bits') == 8 and not fq.get_attr('narrow_range')
+  assert _op(g, 'test/next/Conv2D').inputs[0] is fq.outputs[0]
+  assert [c.name for c in pooled.consumers()] == [fq.name]
+  new = set(v.op.name for v in g.get_collection('variables')) - variables
+  assert not [v for v in new if v.startswith('test/pool/')]
+  assert 'test/pool/activation_AvgPool_quant' in report.other_quantizers
+  _assert_every_reader_is_quantized(g)
+  assert _rewrite(g, training).quantizer_count == 0  # a second rewrite adds nothing
+
+
+def test_avg_pool_quantizer_waits_for_its_input_quantizer_delay():
+  with tf.Graph().as_default() as g:
+    x = builders.conv2d(builders.conv_input(), 8, 3, scope='test/test')
+    pooled = tf.nn.avg_pool2d(x, 2, 2, 'VALID', name='test/pool')
+    builders.conv2d(pooled, 8, 1, scope='test/next')
+    quantize.create_training_graph(g, quant_delay=5)
+  select = _op(g, 'test/pool/activation_AvgPool_quant/delayed_quant')
+  assert select.type == 'SelectV2'
+  assert select.inputs[0] is _op(g, 'test/test/act_quant/delayed_quant').inputs[0]
+  assert select.inputs[1].op.name == 'test/pool/activation_AvgPool_quant/' + FQ
+  assert select.inputs[2] is pooled
+  assert _op(g, 'test/next/Conv2D').inputs[0] is select.outputs[0]
+
+
+@TRAINING
+def test_global_average_pool_mean_gets_a_range_of_its_own(training):
+  """TFLite's MEAN requantizes to its own scale: a moving-average quantizer named as other
+  ops' quantizers are (`<op>/activation_<Type>_quant`). A Mean over the batch axis (a loss,
+  a batch statistic) is not pooling and stays float."""
+  with tf.Graph().as_default() as g:
+    x = builders.conv2d(builders.conv_input(), 8, 3, scope='test/test')
+    pooled = tf.reduce_mean(x, [1, 2], name='test/gap')
+    builders.fully_connected(pooled, 4, activation=None, scope='test/logits')
+    tf.reduce_mean(x, name='test/loss')
+    report = _rewrite(g, training)
+  fq = _assert_quantizer(g, 'test/gap/activation_Mean_quant', 'test/gap', training)
+  assert _op(g, 'test/logits/MatMul').inputs[0] is fq.outputs[0]
+  ranges = sorted(v.op.name for v in g.get_collection('variables')
+                  if v.op.name.startswith('test/gap/'))
+  want = ['test/gap/activation_Mean_quant/max', 'test/gap/activation_Mean_quant/min']
+  assert ranges == sorted(want + (['test/gap/activation_Mean_quant/local_step'] if training else []))
+  assert report.other_quantizers == ['test/gap/activation_Mean_quant']
+  assert FQ not in _consumer_types(_op(g, 'test/loss').outputs[0])
+  _assert_every_reader_is_quantized(g)
+
+
+@TRAINING
+def test_pool_of_a_float_tensor_stays_float(training):
+  with tf.Graph().as_default() as g:
+    x = builders.conv_input()
+    pooled = tf.nn.avg_pool2d(x, 2, 2, 'VALID', name='test/pool')
+    tf.reduce_mean(pooled, [1, 2], name='test/gap')
+    report = _rewrite(g, training)
+  assert not _fake_quants(g) and report.other_quantizers == []
+
+
 # --- quantize_parameterized_test.py ---------------------------------------------------------------
 # contrib ran every (activation, bypass, delay) tuple for use_resource in {F, T} x scope in {None,
 # 'test'}: 48 graphs per layer type, 96 with batch norm. Here each layer type x normalizer runs 6

@@ -5,16 +5,22 @@ working: `weights_quant` on the weights, `act_quant` after the activation (or af
 the last op of a layer without one), `conv_quant` and `add_quant` around a residual
 add before the activation, `post_activation_bypass_quant` after a residual add that
 follows the activation, and `<op>/activation_<Type>_quant` on other Add/Mul ops fed
-by quantized tensors.
+by quantized tensors. Beyond contrib, pooling gets the ranges TFLite needs: an AvgPool
+output is rounded on its input quantizer's grid (`<op>/activation_AvgPool_quant`, no new
+variables), a pooling Mean gets a range of its own (`<op>/activation_Mean_quant`). Every
+quantizer feeds every reader of the tensor it quantizes.
 """
 
 import dataclasses
 from typing import Callable
 
+import numpy as np
+
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.graph.view import (RELU_TYPES, GraphView, context, is_fake_quantized, join,
-                                    sole_relu_consumer, variable_source)
+from qat_rewrite.graph.view import (FAKE_QUANT_TYPES, RELU_TYPES, GraphView, constant_value,
+                                    context, is_fake_quantized, join, sole_relu_consumer,
+                                    variable_source)
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
@@ -26,6 +32,11 @@ from qat_rewrite.report import FloatOp, LayerReport
 _CHAIN_ROLES_LAST_FIRST = ("forced_updates", "bias", "fold_reshape_back", "folded_bn", "fold_scale",
                            "batch_to_space", "layer")
 _GENERIC_TYPES = ADD_TYPES + ("Mul",)
+_POOL_TYPES = ("AvgPool", "Mean")
+# Ops whose output values are input values, so an input quantizer's grid is also theirs
+# (Pad adds zeros, which every range holds).
+_SAME_GRID_TYPES = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "MaxPool", "Max",
+                              "BatchToSpaceND", "SpaceToBatchND", "Pad"})
 
 
 @dataclasses.dataclass
@@ -73,8 +84,10 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
   last = next(m.op(role) for role in _CHAIN_ROLES_LAST_FIRST if m.has(role))
   if m.has("bypass"):
     add_ctx = context(m.op("bypass"))
+    # Every reader gets the quantized tensor, not only the add (contrib rerouted the add
+    # alone, so a conv output also read by the next block stayed float).
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
-                     settings.activation_spec(), report, consumers=[m.op("bypass")])
+                     settings.activation_spec(), report)
     if not m.has("activation"):
       _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
                        settings.activation_spec(), report)
@@ -134,22 +147,74 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None)
 
 
 def _quantize_generic_ops(graph, settings, layer_ops):
-  """Add/Mul ops fed by quantized tensors get an output quantizer (squeeze-excite, scaling)."""
+  """Add/Mul ops fed by quantized tensors get an output quantizer (squeeze-excite, scaling),
+  and so do pools of quantized tensors; in graph order, so a pool sees its input's quantizer."""
   view = GraphView(graph)
   names, memo = [], {}
   for op in list(view.ops):
-    if op.type not in _GENERIC_TYPES or op in layer_ops or not settings.in_scope(op):
-      continue
-    if not any(_reaches_fake_quant(t, memo) for t in op.inputs):
-      continue
-    target = sole_relu_consumer(op) or op  # an add fused with its ReLU is quantized after it
-    if view.followed_by_fake_quant(target.outputs[0]):
+    if op in layer_ops or not settings.in_scope(op):
       continue
     holder = LayerReport(layer=op.name, kind="output")
-    _quantize_output(view, target.outputs[0], join(op.name, "activation_%s_quant" % op.type),
-                     settings, settings.activation_spec(), holder)
+    if op.type in _POOL_TYPES:
+      _quantize_pool(view, op, settings, memo, holder)
+    elif op.type in _GENERIC_TYPES and any(_reaches_fake_quant(t, memo) for t in op.inputs):
+      target = sole_relu_consumer(op) or op  # an add fused with its ReLU is quantized after it
+      if not view.followed_by_fake_quant(target.outputs[0]):
+        _quantize_output(view, target.outputs[0], join(op.name, "activation_%s_quant" % op.type),
+                         settings, settings.activation_spec(), holder)
     names.extend(holder.quantizers)
   return names
+
+
+def _quantize_pool(view, op, settings, memo, report):
+  """TFLite keeps AvgPool on its input's scale but rounds the average, so the eval graph rounds
+  it with the input quantizer's range (the same variables: checkpoints need nothing new). A
+  Mean (global average pooling) is requantized to a scale of its own: a new moving-average range.
+  """
+  output = op.outputs[0]
+  if view.followed_by_fake_quant(output):
+    return
+  name = join(op.name, "activation_%s_quant" % op.type)
+  if op.type == "Mean":
+    if _pools(op) and _reaches_fake_quant(op.inputs[0], memo):
+      _quantize_output(view, output, name, settings, settings.activation_spec(), report)
+    return
+  quantizer, delay = _input_quantizer(op.inputs[0])
+  if quantizer is None:
+    return
+  graph = op.graph
+  scope = editor.unique_scope(graph, name)
+  with graph.as_default():
+    quantized = fake_quant.fake_quantize_like(output, quantizer, scope, delay)
+  editor.reroute(output, quantized, view.consumers(output))
+  report.quantizers.append(scope.rstrip("/"))
+
+
+def _input_quantizer(tensor):
+  """(the FakeQuant whose grid `tensor` is on, its delay condition or None), or (None, None)."""
+  delay = None
+  while True:
+    op = tensor.op
+    if op.type == "FakeQuantWithMinMaxVars":
+      return op, delay
+    if op.type in FAKE_QUANT_TYPES:
+      return None, None  # per-channel or fixed ranges: weights, not activations
+    if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
+      delay, tensor = op.inputs[0], op.inputs[1]
+    elif op.type in _SAME_GRID_TYPES and op.inputs:
+      tensor = op.inputs[0]
+    else:
+      return None, None
+
+
+def _pools(mean):
+  """A Mean that keeps the batch axis pools features; one over the batch is a loss or a
+  batch statistic and stays float."""
+  rank = mean.inputs[0].shape.rank
+  axes = constant_value(mean.inputs[1])
+  if rank is None or rank < 2 or axes is None:
+    return False
+  return 0 not in {int(a) % rank for a in np.ravel(axes)}
 
 
 def _reaches_fake_quant(tensor, memo):

@@ -152,3 +152,20 @@ def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reache
     if delay_reached is not None:
       quantized = tf.where(delay_reached, quantized, x, name="delayed_quant")
   return quantized
+
+
+def fake_quantize_like(x, quantizer, scope, delay_reached=None):
+  """Returns `x` fake-quantized on the grid of the FakeQuantWithMinMaxVars op `quantizer`.
+
+  It reads the range tensors `quantizer` reads (in training, after their updates), so it adds
+  no variables: for an op TFLite keeps on its input's scale (AvgPool) but whose output it rounds.
+  `scope` is an absolute name scope ending in '/'; `delay_reached` is the input's delay condition.
+  """
+  with x.graph.name_scope(scope):
+    with tf.name_scope("FakeQuantWithMinMaxVars") as op_name:
+      quantized = tf.quantization.fake_quant_with_min_max_vars(
+          x, quantizer.inputs[1], quantizer.inputs[2], num_bits=quantizer.get_attr("num_bits"),
+          narrow_range=quantizer.get_attr("narrow_range"), name=op_name)
+    if delay_reached is not None:
+      quantized = tf.where(delay_reached, quantized, x, name="delayed_quant")
+  return quantized

@@ -1,0 +1,126 @@
+"""Agreement of the exported int8 TFLite model with the QAT eval graph, and its size.
+
+Prints a markdown table: output elements compared, % equal integers, max LSB difference,
+int8 and float TFLite sizes, for the MNIST CNN (examples/tflite) and MobileNetV2 (random
+weights, 3 QAT steps, 4 random images).
+
+  python benchmarks/export_agreement.py [--size 224] [--alpha 1.0]
+"""
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+_spec = importlib.util.spec_from_file_location(
+    "tflite_example", os.path.join(_ROOT, "examples", "tflite", "train.py"))
+mnist = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mnist)  # the example's training and eval graph
+from qat_rewrite import quantize  # noqa: E402
+from qat_rewrite.datasets import load_mnist  # noqa: E402
+from qat_rewrite.export import NotFullyIntegerError, agreement, compare_tflite, to_tflite  # noqa: E402
+
+v1 = tf.compat.v1
+tf.get_logger().setLevel("ERROR")
+
+
+def float_tflite_size(graph, checkpoint, inputs, output):
+  """Bytes of the float TFLite model of the same frozen graph (FakeQuant left to float)."""
+  with v1.Session(graph=graph) as sess:
+    v1.train.Saver().restore(sess, checkpoint)
+    frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), [output])
+  shapes = [(name, [1] + graph.get_tensor_by_name(name + ":0").shape.as_list()[1:])
+            for name in inputs]
+  converter = v1.lite.TFLiteConverter(frozen, None, None, input_arrays_with_shape=shapes,
+                                      output_arrays=[output])
+  return len(converter.convert())
+
+
+def mnist_row(workdir):
+  args = mnist.parse_args(["--workdir", workdir])
+  train_data, test_data = load_mnist(seed=0)
+  float_ckpt = mnist.train(train_data, args, args.float_steps, 1e-3, False,
+                           save=os.path.join(workdir, "float", "model.ckpt"))
+  mnist.train(train_data, args, args.qat_steps, 1e-4, True, restore=float_ckpt,
+              save=os.path.join(workdir, "qat", "model.ckpt"))
+  graph = mnist.eval_graph()
+  export = to_tflite(graph, os.path.join(workdir, "m.tflite"), [mnist.INPUT_NODE],
+                     [mnist.OUTPUT_NODE], checkpoint=os.path.join(workdir, "qat"),
+                     input_ranges={mnist.INPUT_NODE: (0.0, 1.0)})
+  result = agreement.combine(compare_tflite(export, {mnist.INPUT_NODE: test_data[0]}).values())
+  with tf.Graph().as_default() as float_graph:
+    images, _ = mnist.placeholders()
+    mnist.model_fn(images, is_training=False)
+  size = float_tflite_size(float_graph, float_ckpt, [mnist.INPUT_NODE], mnist.OUTPUT_NODE)
+  return "MNIST CNN, 1,000 held-out digits", result, export.size_bytes, size
+
+
+def mobilenet_row(workdir, size, alpha):
+  rng = np.random.RandomState(0)
+  images = rng.uniform(-1, 1, (4, size, size, 3)).astype(np.float32)
+
+  def build(training):
+    x = v1.placeholder(tf.float32, [None, size, size, 3], name="images")
+    model = tf_keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3),
+                                              alpha=alpha, classes=1000)
+    return x, model(x, training=training)
+
+  options = dict(symmetric=True, per_channel_weights=True)
+  tf_keras.backend.clear_session()
+  with tf.Graph().as_default() as graph:
+    x, logits = build(True)
+    loss = v1.losses.sparse_softmax_cross_entropy(rng.randint(0, 1000, 4), logits)
+    quantize.experimental_create_training_graph(graph, **options)
+    with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
+      train_op = v1.train.AdamOptimizer(1e-4).minimize(loss)
+    with v1.Session() as sess:
+      sess.run(v1.global_variables_initializer())
+      for _ in range(3):
+        sess.run(train_op, {x: images})
+      v1.train.Saver().save(sess, os.path.join(workdir, "mnv2", "model.ckpt"))
+  tf_keras.backend.clear_session()
+  with tf.Graph().as_default() as eval_graph:
+    _, logits = build(False)
+    quantize.experimental_create_eval_graph(eval_graph, **options)
+  label = "MobileNetV2 %g, %dx%d, 4 random images" % (alpha, size, size)
+  output = logits.op.inputs[0].op.name if logits.op.type == "Softmax" else logits.op.name
+  try:
+    export = to_tflite(eval_graph, os.path.join(workdir, "mnv2.tflite"), ["images"], [output],
+                       checkpoint=os.path.join(workdir, "mnv2"), input_ranges={"images": (-1, 1)})
+  except NotFullyIntegerError as err:
+    return label, str(err).splitlines()[0], None, None
+  result = agreement.combine(compare_tflite(export, {"images": images}).values())
+  return label, result, export.size_bytes, None
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--size", type=int, default=224)
+  parser.add_argument("--alpha", type=float, default=1.0)
+  args = parser.parse_args()
+  v1.disable_eager_execution()
+  workdir = tempfile.mkdtemp(prefix="export_agreement_")
+  rows = [mnist_row(workdir), mobilenet_row(workdir, args.size, args.alpha)]
+  print("\n| model | elements | equal integers | max difference | int8 TFLite | float TFLite |")
+  print("|---|---|---|---|---|---|")
+  for label, result, int8_size, float_size in rows:
+    sizes = ["%.1f KB" % (s / 1024.0) if s else "-" for s in (int8_size, float_size)]
+    if isinstance(result, str):
+      print("| %s | export refused: %s | | | | |" % (label, result))
+    else:
+      print("| %s | %d | %.2f%% | %d LSB | %s | %s |" % (
+          label, result.elements, 100 * result.equal_share, result.max_lsb, *sizes))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,114 @@
+"""Graph edits that let TF 2.21's TFLite converter take what the rewrite produces.
+
+Only rewrites that compute exactly the same numbers belong here.
+"""
+
+import tensorflow as tf
+
+from qat_rewrite.export import frozen
+
+_PASS_TYPES = ("Identity", "Reshape")
+
+
+def dense_per_channel_as_conv(graph_def, output_nodes):
+  """MatMul with per-channel weights -> the same product as a 1x1 Conv2D.
+
+  The converter turns MatMul into FULLY_CONNECTED by transposing the weights, and refuses to
+  transpose per-channel quantized weights ("'tfl.transpose' op has mismatched quantized
+  axes"). A 1x1 convolution of the input reshaped to [N, 1, 1, Cin] computes the same sums
+  and converts to an int8 CONV_2D with per-channel weights. A BiasAdd that alone reads the
+  MatMul moves before the Reshape back to [N, Cout], so the converter fuses it into the
+  convolution; that Reshape takes the name of the last op replaced, so its readers are
+  unchanged.
+  """
+  nodes = {n.name: n for n in graph_def.node}
+  targets = []
+  for node in graph_def.node:
+    if node.op != "MatMul" or node.attr["transpose_a"].b or node.attr["transpose_b"].b:
+      continue
+    fake_quant = _producer_through(nodes, node.input[1], _PASS_TYPES)
+    if fake_quant is not None and fake_quant.op == "FakeQuantWithMinMaxVarsPerChannel":
+      targets.append((node, fake_quant))
+  if not targets:
+    return graph_def
+  shapes = _static_shapes(graph_def, [fq.input[0] for _, fq in targets])
+  out = tf.compat.v1.GraphDef()
+  out.CopyFrom(graph_def)
+  by_name = {n.name: n for n in out.node}
+  for matmul, fake_quant in targets:
+    weight_shape = shapes[fake_quant.input[0]]
+    if weight_shape is None or len(weight_shape) != 2 or None in weight_shape:
+      continue
+    cin, cout = weight_shape
+    readers = frozen.consumers(out).get(matmul.name, [])
+    bias_add = readers[0] if len(readers) == 1 and readers[0].op == "BiasAdd" else None
+    _replace_with_conv(out, by_name[matmul.name], fake_quant, cin, cout, bias_add)
+  return tf.compat.v1.graph_util.extract_sub_graph(out, list(output_nodes))
+
+
+def _producer_through(nodes, tensor, pass_types):
+  node = nodes.get(frozen.node_name(tensor))
+  while node is not None and node.op in pass_types:
+    node = nodes.get(frozen.node_name(node.input[0]))
+  return node
+
+
+def _static_shapes(graph_def, tensors):
+  with tf.Graph().as_default() as graph:
+    tf.import_graph_def(graph_def, name="")
+  result = {}
+  for name in tensors:
+    tensor = graph.get_tensor_by_name(name if ":" in name else name + ":0")
+    result[name] = tensor.shape.as_list() if tensor.shape.rank is not None else None
+  return result
+
+
+def _replace_with_conv(graph_def, matmul, fake_quant, cin, cout, bias_add):
+  matmul_name = matmul.name
+  scope = matmul_name + "/as_conv/"
+  dtype = matmul.attr["T"]
+  graph_def.node.extend([
+      frozen.const_node(scope + "input_shape", [-1, 1, 1, cin], "int32"),
+      frozen.const_node(scope + "weights_shape", [1, 1, cin, cout], "int32"),
+      frozen.const_node(scope + "output_shape", [-1, cout], "int32"),
+      _node(scope + "input_4d", "Reshape", [matmul.input[0], scope + "input_shape"],
+            T=dtype, Tshape=_type(tf.int32)),
+      _node(scope + "weights_4d", "Reshape", [fake_quant.input[0], scope + "weights_shape"],
+            T=dtype, Tshape=_type(tf.int32)),
+  ])
+  quantized = graph_def.node.add()
+  quantized.CopyFrom(fake_quant)
+  quantized.name = scope + "weights_quant"
+  quantized.input[0] = scope + "weights_4d"
+  conv = _node(scope + "Conv2D", "Conv2D", [scope + "input_4d", quantized.name], T=dtype)
+  conv.attr["strides"].list.i.extend([1, 1, 1, 1])
+  conv.attr["dilations"].list.i.extend([1, 1, 1, 1])
+  conv.attr["padding"].s = b"VALID"
+  conv.attr["data_format"].s = b"NHWC"
+  graph_def.node.append(conv)
+  last = conv
+  if bias_add is not None:
+    last = graph_def.node.add()
+    last.CopyFrom(bias_add)
+    last.name = scope + "BiasAdd"
+    last.input[0] = conv.name
+    matmul.Clear()  # nothing reads it once the BiasAdd is replaced
+    matmul.CopyFrom(_node(matmul_name, "NoOp", []))
+  replaced = bias_add if bias_add is not None else matmul
+  name = replaced.name
+  replaced.Clear()
+  replaced.CopyFrom(_node(name, "Reshape", [last.name, scope + "output_shape"], T=dtype,
+                          Tshape=_type(tf.int32)))
+
+
+def _type(dtype):
+  value = tf.compat.v1.AttrValue()
+  value.type = dtype.as_datatype_enum
+  return value
+
+
+def _node(name, op, inputs, **attrs):
+  node = tf.compat.v1.NodeDef(name=name, op=op, input=inputs)
+  for key, value in attrs.items():
+    node.attr[key].CopyFrom(value)
+  return node

@@ -1,0 +1,154 @@
+"""The frozen eval graph every exporter starts from, and the names in it that matter.
+
+An exporter takes a rewritten eval graph plus its checkpoint, or an already frozen GraphDef
+(in memory or a .pb file). Either way it gets a GraphDef with constants for variables, cut
+to what the outputs need, and learns from the FakeQuant ops where the quantized outputs and
+the input ranges are. Bad input is refused here, before any file is touched.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import message
+
+from qat_rewrite.targets.dpu.deploy import resolve_checkpoint
+
+FAKE_QUANT_TYPES = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel",
+                    "FakeQuantWithMinMaxArgs")
+_VARIABLE_TYPES = ("VarHandleOp", "VariableV2", "Variable")
+_ALIAS_TYPES = ("Identity",)
+
+
+def load_graph_def(model, checkpoint=None):
+  """A GraphDef from a tf.Graph, a GraphDef or a .pb path; variables still unresolved."""
+  if isinstance(model, tf.Graph):
+    return model.as_graph_def()
+  if isinstance(model, tf.compat.v1.GraphDef):
+    return model
+  if isinstance(model, (str, os.PathLike)):
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+      raise ValueError("model file %r not found" % path)
+    with open(path, "rb") as f:
+      data = f.read()
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+      graph_def.ParseFromString(data)
+    except (message.DecodeError, RuntimeError) as err:
+      raise ValueError("model file %r is not a binary GraphDef (.pb): %s" % (path, err)) from err
+    if not graph_def.node:
+      raise ValueError("model file %r is not a binary GraphDef (.pb): it holds no nodes" % path)
+    return graph_def
+  raise ValueError("model must be a tf.Graph, a tf.compat.v1.GraphDef or a .pb path, got %r"
+                   % (type(model).__name__,))
+
+
+def freeze(model, output_nodes, checkpoint=None):
+  """The frozen GraphDef of `model`, cut to `output_nodes` (names as given, checked).
+
+  A graph with variables needs `checkpoint` (a directory: its latest; or a prefix); the
+  variables are read from it, so neither the user's graph nor any session is touched.
+  """
+  graph_def = load_graph_def(model)
+  nodes = {n.name: n for n in graph_def.node}
+  missing = [name for name in output_nodes if name not in nodes]
+  if missing:
+    raise ValueError("output node(s) %s not in the graph" % ", ".join(map(repr, missing)))
+  graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, list(output_nodes))
+  variables = [n.name for n in graph_def.node if n.op in _VARIABLE_TYPES]
+  if not variables:
+    return graph_def
+  if checkpoint is None:
+    raise ValueError("the graph reads %d variable(s) (e.g. %s): pass the checkpoint to read "
+                     "them from, or a frozen GraphDef" % (len(variables), variables[0]))
+  return _variables_to_constants(graph_def, resolve_checkpoint(checkpoint), variables)
+
+
+def _variables_to_constants(graph_def, prefix, variables):
+  reader = tf.train.load_checkpoint(prefix)
+  shapes = reader.get_variable_to_shape_map()
+  absent = [name for name in variables if name not in shapes]
+  if absent:
+    raise ValueError("checkpoint %r lacks %d variable(s) the graph needs, e.g. %s"
+                     % (prefix, len(absent), ", ".join(absent[:5])))
+  out = tf.compat.v1.GraphDef()
+  out.versions.CopyFrom(graph_def.versions)
+  out.library.CopyFrom(graph_def.library)
+  variables = set(variables)
+  for node in graph_def.node:
+    read_of = node.input[0] if node.op == "ReadVariableOp" else None
+    if node.op in _VARIABLE_TYPES or read_of in variables:
+      name = read_of or node.name
+      value = reader.get_tensor(name)
+      out.node.append(const_node(node.name, value))
+    else:
+      copy = out.node.add()
+      copy.CopyFrom(node)
+      if "_class" in copy.attr:
+        del copy.attr["_class"]  # colocation with the variables that are now constants
+  return out
+
+
+def const_node(name, value, dtype=None):
+  value = np.asarray(value, dtype=dtype)
+  node = tf.compat.v1.NodeDef(name=name, op="Const")
+  node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+  node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+  return node
+
+
+def node_name(tensor_or_node):
+  """'a/b:0' and '^a/b' -> 'a/b'."""
+  return tensor_or_node.lstrip("^").split(":")[0]
+
+
+def consumers(graph_def):
+  """{node name: [nodes reading one of its outputs]}."""
+  result = {}
+  for node in graph_def.node:
+    for inp in node.input:
+      if not inp.startswith("^"):
+        result.setdefault(node_name(inp), []).append(node)
+  return result
+
+
+def quantized_output(graph_def, name):
+  """The FakeQuant that quantizes node `name` (the rewrite puts one after a model's last
+  layer), or `name` itself; the exported model must end at the quantized tensor."""
+  nodes = {n.name: n for n in graph_def.node}
+  readers = consumers(graph_def)
+  current = nodes[name]
+  while current.op not in FAKE_QUANT_TYPES:
+    nexts = [c for c in readers.get(current.name, []) if c.op in FAKE_QUANT_TYPES + _ALIAS_TYPES]
+    if len(nexts) != 1:
+      return name
+    current = nexts[0]
+  return current.name
+
+
+def constant_value(graph_def, name):
+  """The value of Const node `name`, following Identity ops; None if it is not constant."""
+  nodes = {n.name: n for n in graph_def.node}
+  node = nodes.get(node_name(name))
+  while node is not None and node.op in _ALIAS_TYPES:
+    node = nodes.get(node_name(node.input[0]))
+  if node is None or node.op != "Const":
+    return None
+  return tf.make_ndarray(node.attr["value"].tensor)
+
+
+def input_fake_quant_range(graph_def, input_name):
+  """(min, max) of the FakeQuant reading input `input_name` directly, or None."""
+  for reader in consumers(graph_def).get(input_name, []):
+    if reader.op == "FakeQuantWithMinMaxArgs":
+      return float(reader.attr["min"].f), float(reader.attr["max"].f)
+    if reader.op == "FakeQuantWithMinMaxVars":
+      low, high = (constant_value(graph_def, reader.input[i]) for i in (1, 2))
+      if low is not None and high is not None:
+        return float(low), float(high)
+  return None
+
+
+def per_channel_fake_quants(graph_def):
+  return [n.name for n in graph_def.node if n.op == "FakeQuantWithMinMaxVarsPerChannel"]
