@@ -1,8 +1,9 @@
-"""The `qat_rewrite` command line: quantize, inspect and dump frozen graphs.
+"""The `qat_rewrite` command line: quantize, inspect, dump and export frozen graphs.
 
-Flags are spelled as `vai_q_tensorflow`'s. Errors print one line on stderr and exit with 1
-(2 for usage errors), with the traceback only under --verbose; output files are written all
-or nothing, and existing ones are replaced only with --overwrite.
+Flags are spelled as `vai_q_tensorflow`'s. Progress goes to stderr as log lines. Errors print
+one line on stderr and exit with 1 (2 for usage errors), with the traceback only under
+--verbose; output files are written all or nothing, and existing ones are replaced only with
+--overwrite.
 """
 
 import argparse
@@ -38,7 +39,7 @@ class CommandError(Exception):
 def main(argv=None):
   parser = _parser()
   args = parser.parse_args(argv)
-  logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
+  logging.set_verbosity(logging.DEBUG if args.verbose else logging.INFO)  # progress lines
   tf.get_logger().setLevel("INFO" if args.verbose else "ERROR")
   try:
     args.run(args)
@@ -125,6 +126,30 @@ def dump_verb(args):
   _refuse_existing(args.output_dir, contents, args.overwrite)
   files.write_all(args.output_dir, contents)
   print("%d files written to %s" % (len(contents), args.output_dir))
+
+
+def export_verb(args):
+  """A frozen QAT eval graph (qat_rewrite.quantize's) to a fully-integer TFLite or ONNX model."""
+  from qat_rewrite import export  # pylint: disable=import-outside-toplevel
+  ranges = None
+  if args.input_ranges:
+    ranges = {}
+    for name, text in zip(_names(args.input_nodes), args.input_ranges.split(":")):
+      try:
+        low, high = (float(v) for v in text.split(","))
+      except ValueError:
+        raise CommandError("--input_ranges %r: one min,max per input node, ':' between them, "
+                           "e.g. 0,1" % args.input_ranges) from None
+      ranges[name] = (low, high)
+  if os.path.exists(args.output_file) and not args.overwrite:
+    raise CommandError("%s already exists; pass --overwrite to replace" % args.output_file)
+  graph_def = frozen.load_graph_def(args.input_frozen_graph)
+  common = (graph_def, args.output_file, _names(args.input_nodes), _names(args.output_nodes))
+  if args.to == "tflite":
+    result = export.to_tflite(*common, input_ranges=ranges, inference_type=args.inference_type)
+  else:
+    result = export.to_onnx(*common, input_ranges=ranges)
+  print("%s (%d bytes)" % (result.path, result.size_bytes))
 
 
 # Helpers -------------------------------------------------------------------------------------
@@ -288,7 +313,24 @@ def _parser():
   d.add_argument("--dump_float", type=int, default=0, choices=[0, 1],
                  help="1: also the float output of every op")
   d.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+  _export_flags(verb("export", export_verb, "Convert a frozen QAT eval graph "
+                     "(qat_rewrite.quantize) to a fully-integer TFLite or an ONNX QDQ model."))
   return parser
+
+
+def _export_flags(e):
+  e.add_argument("--to", choices=["tflite", "onnx"], required=True,
+                 help="tflite: fully-integer .tflite; onnx: QuantizeLinear/DequantizeLinear "
+                 "pairs (pip install 'qat_rewrite[onnx]')")
+  e.add_argument("--input_nodes", required=True, help="comma-separated input placeholders")
+  e.add_argument("--output_nodes", required=True, help="comma-separated outputs")
+  e.add_argument("--input_ranges", help="float range of each input, min,max (':' between "
+                 "inputs); default: the input's FakeQuant range")
+  e.add_argument("--inference_type", choices=["int8", "uint8"], default="int8",
+                 help="tflite only: int8 (default) or uint8 (per-tensor weights)")
+  e.add_argument("--output_file", required=True)
+  e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _node_flags(sub):

@@ -112,7 +112,7 @@ def test_usage_errors_exit_2(workdir, capsys):
   assert e.value.code == 2
 
 
-@pytest.mark.parametrize("verb", ["quantize", "inspect", "dump"])
+@pytest.mark.parametrize("verb", ["quantize", "inspect", "dump", "export"])
 def test_every_verb_has_help(verb):
   result = subprocess.run([sys.executable, "-m", "qat_rewrite", verb, "--help"],
                           capture_output=True, text=True, timeout=120)
@@ -195,3 +195,53 @@ def test_quantize_for_ascend_writes_the_record_and_both_models(workdir, capsys):
 def test_report_is_for_the_dpu_target(workdir, capsys):
   status, _, err = _run(QUANTIZE + ["--target", "tflite", "--report"], capsys)
   assert status == 1 and "--report is available for --target dpu" in err
+
+
+@pytest.fixture(scope="module")
+def frozen_qat_eval_graph(tmp_path_factory):
+  """A qat_rewrite.quantize eval graph of the export tests' CNN, frozen to a .pb."""
+  from qat_rewrite.export import frozen as export_frozen
+  from test_export_tflite import OUTPUT, qat_checkpoint
+  directory = tmp_path_factory.mktemp("qat")
+  graph = qat_checkpoint(str(directory), per_channel=True, steps=20)
+  graph_def = graph.as_graph_def()
+  quantized = export_frozen.quantized_output(graph_def, OUTPUT)
+  path = directory / "eval.pb"
+  path.write_bytes(export_frozen.freeze(graph_def, [quantized], str(directory))
+                   .SerializeToString())
+  return str(path)
+
+
+EXPORT = ["export", "--input_nodes", "images", "--output_nodes", "model/logits/BiasAdd",
+          "--input_ranges", "0,1"]
+
+
+def test_export_to_tflite_writes_a_fully_integer_model(frozen_qat_eval_graph, tmp_path, capsys):
+  from qat_rewrite.export import integer_check
+  out = str(tmp_path / "model.tflite")
+  argv = EXPORT + ["--input_frozen_graph", frozen_qat_eval_graph, "--to", "tflite",
+                   "--output_file", out]
+  status, stdout, err = _run(argv, capsys)
+  assert status == 0, err
+  content = open(out, "rb").read()
+  assert integer_check.float_tensors(content) == [] and str(len(content)) in stdout
+  status, _, err = _run(argv, capsys)
+  assert status == 1 and "already exists; pass --overwrite" in err
+
+
+def test_export_to_onnx_writes_quantize_dequantize_pairs(frozen_qat_eval_graph, tmp_path, capsys):
+  onnx = pytest.importorskip("onnx")
+  out = str(tmp_path / "model.onnx")
+  status, _, err = _run(EXPORT + ["--input_frozen_graph", frozen_qat_eval_graph, "--to", "onnx",
+                                  "--output_file", out], capsys)
+  assert status == 0, err
+  ops = {node.op_type for node in onnx.load(out).graph.node}
+  assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_export_rejects_a_bad_range(frozen_qat_eval_graph, tmp_path, capsys):
+  argv = _flag(EXPORT, "--input_ranges", "0-1") + [
+      "--input_frozen_graph", frozen_qat_eval_graph, "--to", "tflite",
+      "--output_file", str(tmp_path / "m.tflite")]
+  status, _, err = _run(argv, capsys)
+  assert status == 1 and "--input_ranges '0-1'" in err and not (tmp_path / "m.tflite").exists()
