@@ -59,6 +59,9 @@ def quantize(args):
   config = _config(args)
   if args.report and args.target != "dpu":
     raise CommandError("--report is available for --target dpu")
+  if args.range_method != "min_max" and args.target != "ascend":
+    raise CommandError("--range_method is for --target ascend (dpu chooses positions by "
+                       "--method; tflite's converter uses min/max)")
   graph_def = frozen.load_graph_def(args.input_frozen_graph)
   input_fn = _load_input_fn(args.input_fn)
   files.check_output_dir(args.output_dir)
@@ -77,7 +80,8 @@ def _dpu_files(args, graph_def, input_fn, config):
 
 def _ascend_files(args, graph_def, input_fn, config):
   return ascend_ptq.calibrated_contents(args.input_frozen_graph, graph_def, input_fn,
-                                        config.output_nodes, config.calib_iter)
+                                        config.output_nodes, config.calib_iter,
+                                        args.range_method)
 
 
 def _tflite_files(args, graph_def, input_fn, config):
@@ -288,6 +292,9 @@ def _parser():
                  "fully-integer .tflite (default dpu)")
   for name, default in _DPU_FLAGS.items():
     q.add_argument("--" + name, type=int, default=default, help="default %d" % default)
+  q.add_argument("--range_method", choices=["min_max", "percentile", "mse"], default="min_max",
+                 help="ascend: data ranges by min/max over all batches, or the 0.01-99.99th "
+                 "percentiles, or the least-MSE clip, averaged over batches")
   q.add_argument("--nodes_bit", help="per-op bits, name:bits,name:bits")
   q.add_argument("--nodes_method", help="per-op method, name:method,...")
   q.add_argument("--output_dir", default="./quantize_results")

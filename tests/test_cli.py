@@ -245,3 +245,16 @@ def test_export_rejects_a_bad_range(frozen_qat_eval_graph, tmp_path, capsys):
       "--output_file", str(tmp_path / "m.tflite")]
   status, _, err = _run(argv, capsys)
   assert status == 1 and "--input_ranges '0-1'" in err and not (tmp_path / "m.tflite").exists()
+
+
+def test_ascend_range_method_changes_the_recorded_data_scale(workdir, capsys):
+  scales = {}
+  for method in ("min_max", "percentile"):
+    argv = _flag(QUANTIZE, "--output_dir", method) + ["--target", "ascend", "--range_method",
+                                                      method]
+    assert _run(argv, capsys)[0] == 0
+    record = open(os.path.join(method, "record.txt")).read()
+    scales[method] = float(record.split("scale_d:")[1].split()[0])
+  assert scales["percentile"] < scales["min_max"]
+  status, _, err = _run(QUANTIZE + ["--range_method", "mse"], capsys)
+  assert status == 1 and "--range_method is for --target ascend" in err

@@ -18,6 +18,7 @@ from qat_rewrite import files
 from qat_rewrite.layers import kind_of
 from qat_rewrite.graph import editor
 from qat_rewrite.passes.rewrite import fold_for_quantization
+from qat_rewrite.quant import range_estimators
 from qat_rewrite.report import FloatOp, LayerReport
 from qat_rewrite.targets.ascend import config as ascend_config
 from qat_rewrite.targets.ascend import layers as ascend_layers
@@ -29,15 +30,20 @@ SCOPE = "calibration"
 class Calibration:
   """Collects each layer's batch ranges; writes the record when every layer has `batch_num`."""
 
-  def __init__(self, layers, batch_num, activation_offset, record_file):
+  def __init__(self, layers, batch_num, activation_offset, record_file, range_method="min_max"):
     self.layers, self.batch_num = layers, batch_num
+    self.range_method = range_estimators.check(range_method)
     self.activation_offset, self.record_file = activation_offset, record_file
     self.ranges = {name: [] for name in layers}
     self.scale_w = {}
     self.written = False
     self._lock = threading.Lock()
 
-  def observe(self, name, batch_min, batch_max, scale_w):
+  def observe(self, name, batch_min, batch_max, scale_w, data=None):
+    """Counts one batch of layer `name`: its range (from `data` when the range method needs
+    the values) and its weight scales."""
+    if data is not None:
+      batch_min, batch_max = range_estimators.batch_range(data, self.range_method)
     with self._lock:
       seen = self.ranges[name]
       if len(seen) >= self.batch_num:
@@ -57,8 +63,7 @@ class Calibration:
   def records(self):
     out = {}
     for name in self.layers:
-      low = min(r[0] for r in self.ranges[name])
-      high = max(r[1] for r in self.ranges[name])
+      low, high = range_estimators.combine(self.ranges[name], self.range_method)
       if self.activation_offset:
         scale_d, offset_d = numerics.data_scale_offset_np(low, high)
       else:
@@ -68,8 +73,9 @@ class Calibration:
     return out
 
 
-def rewrite(graph, config_file, record_file):
-  """Rewrites the inference `graph` in place for calibration; returns (added ops, report)."""
+def rewrite(graph, config_file, record_file, range_method="min_max"):
+  """Rewrites the inference `graph` in place for calibration; returns (added ops, report).
+  `range_method`: how data ranges are chosen, see qat_rewrite.quant.range_estimators."""
   with graph.as_default(), graph.name_scope(None):
     batch_num, activation_offset, configs = ascend_config.read_calibration_json(config_file)
     files.check_output_dir(os.path.dirname(os.path.abspath(record_file)))
@@ -92,7 +98,7 @@ def rewrite(graph, config_file, record_file):
                             for op in found.layers if op not in layers)
     layers = [op for op in layers if op not in excluded]
     calibration = Calibration([op.name for op in layers], batch_num, activation_offset,
-                              os.path.abspath(record_file))
+                              os.path.abspath(record_file), range_method)
     added = []
     for op in layers:
       added.append(_observe(graph, op, configs[op.name].channel_wise, calibration))
@@ -107,9 +113,12 @@ def _observe(graph, op, channel_wise, calibration):
     x = op.inputs[kind.data_input]
     scale_w = numerics.weight_scale(op.inputs[kind.weight_input],
                                     ascend_layers.reduce_axes(op, channel_wise))
+    statistics = [tf.reduce_min(x), tf.reduce_max(x), scale_w]
+    if calibration.range_method != "min_max":  # the values themselves, one batch at a time
+      statistics.append(x)
     observe = tf.compat.v1.py_func(
-        lambda low, high, scale, name=op.name: calibration.observe(name, low, high, scale) or 0,
-        [tf.reduce_min(x), tf.reduce_max(x), scale_w], tf.int64, stateful=True, name="observe")
+        lambda *args, name=op.name: calibration.observe(name, *args) or 0,
+        statistics, tf.int64, stateful=True, name="observe")
     with tf.control_dependencies([observe]):
       editor.replace_input(op, kind.data_input, tf.identity(x, name="output"))
   return observe.op

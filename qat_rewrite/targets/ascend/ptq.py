@@ -15,7 +15,8 @@ RECORD = "record.txt"
 SAVE_NAME = "model"
 
 
-def calibrated_contents(pb_path, graph_def, input_fn, output_nodes, calib_iter):
+def calibrated_contents(pb_path, graph_def, input_fn, output_nodes, calib_iter,
+                        range_method="min_max"):
   """{file name: bytes}: the record, `model_quantized.pb` and `model_fake_quant.pb`."""
   graph = frozen.import_graph_def(graph_def, pb_path)
   with tempfile.TemporaryDirectory(prefix="qat_rewrite_ascend.") as temp:
@@ -23,7 +24,7 @@ def calibrated_contents(pb_path, graph_def, input_fn, output_nodes, calib_iter):
     batch_num, offset, layers, _ = config.calibration_layer_configs(graph, None, calib_iter,
                                                                     True, None)
     config.write_json(config_file, config.calibration_json(batch_num, offset, layers))
-    added, _ = calibrate.rewrite(graph, config_file, record_file)
+    added, _ = calibrate.rewrite(graph, config_file, record_file, range_method)
     if not added:
       raise ValueError("%s has no layer AMCT can quantize (conv, depthwise, transpose conv or "
                        "matmul)" % pb_path)
