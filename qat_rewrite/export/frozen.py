@@ -10,9 +10,8 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf import message
 
-from qat_rewrite.targets.dpu.deploy import resolve_checkpoint
+from qat_rewrite.graph.frozen import load_graph_def as load_graph_file, resolve_checkpoint
 
 FAKE_QUANT_TYPES = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel",
                     "FakeQuantWithMinMaxArgs")
@@ -27,19 +26,7 @@ def load_graph_def(model, checkpoint=None):
   if isinstance(model, tf.compat.v1.GraphDef):
     return model
   if isinstance(model, (str, os.PathLike)):
-    path = os.fspath(model)
-    if not os.path.isfile(path):
-      raise ValueError("model file %r not found" % path)
-    with open(path, "rb") as f:
-      data = f.read()
-    graph_def = tf.compat.v1.GraphDef()
-    try:
-      graph_def.ParseFromString(data)
-    except (message.DecodeError, RuntimeError) as err:
-      raise ValueError("model file %r is not a binary GraphDef (.pb): %s" % (path, err)) from err
-    if not graph_def.node:
-      raise ValueError("model file %r is not a binary GraphDef (.pb): it holds no nodes" % path)
-    return graph_def
+    return load_graph_file(os.fspath(model))
   raise ValueError("model must be a tf.Graph, a tf.compat.v1.GraphDef or a .pb path, got %r"
                    % (type(model).__name__,))
 

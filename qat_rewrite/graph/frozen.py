@@ -32,6 +32,20 @@ def load_graph_def(path):
   return graph_def
 
 
+def resolve_checkpoint(checkpoint):
+  """A checkpoint prefix from a directory (its latest) or a prefix; ValueError if none."""
+  if not isinstance(checkpoint, str) or not checkpoint:
+    raise ValueError("checkpoint must be a checkpoint directory or prefix, got %r" % (checkpoint,))
+  if tf.io.gfile.isdir(checkpoint):
+    prefix = tf.train.latest_checkpoint(checkpoint)
+    if prefix is None:
+      raise ValueError("no checkpoint in directory %r (no 'checkpoint' index file)" % checkpoint)
+    return prefix
+  if not tf.io.gfile.exists(checkpoint + ".index"):
+    raise ValueError("checkpoint %r not found (no %s.index)" % (checkpoint, checkpoint))
+  return checkpoint
+
+
 def import_graph_def(graph_def, path="graph"):
   """A new tf.Graph holding `graph_def` with its own names; errors name the file."""
   graph = tf.Graph()

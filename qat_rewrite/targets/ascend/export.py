@@ -11,6 +11,7 @@ import tensorflow as tf
 from absl import logging
 
 from qat_rewrite import files
+from qat_rewrite.graph import frozen
 from qat_rewrite.layers import kind_of
 from qat_rewrite.passes.rewrite import fold_for_quantization
 from qat_rewrite.targets.ascend import deploy
@@ -61,17 +62,7 @@ def save_calibrated(pb_model, outputs, record_file, save_path):
 def _inputs(pb_model, outputs, record_file, save_path):
   target = _target(save_path)
   records = record.read(record_file)
-  graph_def = tf.compat.v1.GraphDef()
-  try:
-    with open(pb_model, "rb") as f:
-      graph_def.ParseFromString(f.read())
-  except OSError as e:
-    raise ValueError("cannot read pb_model %r: %s" % (pb_model, e.strerror or e)) from None
-  except Exception as e:  # protobuf's DecodeError
-    raise ValueError("pb_model %s is not a binary GraphDef: %s" % (pb_model, e)) from None
-  graph = tf.Graph()
-  with graph.as_default():
-    tf.import_graph_def(graph_def, name="")
+  graph = frozen.import_graph_def(frozen.load_graph_def(pb_model), "pb_model %s" % pb_model)
   names = _output_names(outputs, graph, pb_model)
   return graph, names, records, target
 

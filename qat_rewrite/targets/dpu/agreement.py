@@ -9,6 +9,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 
+from qat_rewrite.graph import frozen
 from qat_rewrite.targets.dpu import deploy, reference_runner
 
 Agreement = collections.namedtuple("Agreement", "equal_share max_lsb elements")
@@ -33,7 +34,7 @@ def run_deploy_model(files, feeds):
   """{eval model tensor: (ints, pos)}: deploy_model.pb run by the integer reference runner,
   its outputs and quantized activations named after the eval model's tensors."""
   tensor_map = deploy.read_tensor_map(files[deploy.INFO])
-  got = reference_runner.run(load_graph_def(files[deploy.DEPLOY_MODEL]), feeds,
+  got = reference_runner.run(frozen.load_graph_def(files[deploy.DEPLOY_MODEL]), feeds,
                              sorted(set(tensor_map.values())))
   return {name: got[node] for name, node in tensor_map.items()}
 
@@ -41,14 +42,7 @@ def run_deploy_model(files, feeds):
 def run_eval_model(path, feeds, outputs):
   """{output: array} of a frozen eval model run in stock TensorFlow."""
   with tf.Graph().as_default():
-    tf.import_graph_def(load_graph_def(path), name="")
+    tf.import_graph_def(frozen.load_graph_def(path), name="")
     with tf.compat.v1.Session() as sess:
       return sess.run({name: name + ":0" for name in outputs},
                       {name + ":0": value for name, value in feeds.items()})
-
-
-def load_graph_def(path):
-  graph_def = tf.compat.v1.GraphDef()
-  with open(path, "rb") as f:
-    graph_def.ParseFromString(f.read())
-  return graph_def

@@ -11,6 +11,7 @@ import tensorflow as tf
 from absl import logging
 
 from qat_rewrite import files
+from qat_rewrite.graph import frozen
 from qat_rewrite.targets.dpu import deploy_model, rewrite
 from qat_rewrite.targets.dpu.plan import BIAS, WEIGHTS
 
@@ -38,35 +39,21 @@ def deploy_contents(graph, config, checkpoint, fixneuron_model=True):
     raise ValueError("CreateQuantizeDeployGraph needs the graph rewritten by "
                      "CreateQuantizeEvaluationGraph (build the float eval graph, rewrite it, "
                      "then deploy)")
-  prefix = resolve_checkpoint(checkpoint)
+  prefix = frozen.resolve_checkpoint(checkpoint)
   plan = done.plan
   outputs = [_quantized_name(plan, name) for name in config.output_nodes]
   constant = _constants_from_checkpoint(graph.as_graph_def(), prefix, outputs +
                                         [p.name + "/pos" for p in plan.points])
   positions, values = _evaluate(constant, plan)
-  frozen = _frozen_eval_model(constant, plan, positions, values, config, outputs)
-  contents = {EVAL_MODEL: frozen.SerializeToString()}
+  eval_model = _frozen_eval_model(constant, plan, positions, values, config, outputs)
+  contents = {EVAL_MODEL: eval_model.SerializeToString()}
   if fixneuron_model:
-    contents[FIXNEURON_MODEL] = _fixneuron_form(frozen, plan, positions, config,
+    contents[FIXNEURON_MODEL] = _fixneuron_form(eval_model, plan, positions, config,
                                                 outputs).SerializeToString()
   deployed, tensor_map = deploy_model.build(graph, plan, positions, values, config, outputs)
   contents[DEPLOY_MODEL] = deployed.SerializeToString()
   contents[INFO] = info_text(plan, positions, tensor_map).encode()
   return contents
-
-
-def resolve_checkpoint(checkpoint):
-  """A checkpoint prefix from a directory (its latest) or a prefix; ValueError if none."""
-  if not isinstance(checkpoint, str) or not checkpoint:
-    raise ValueError("checkpoint must be a checkpoint directory or prefix, got %r" % (checkpoint,))
-  if tf.io.gfile.isdir(checkpoint):
-    prefix = tf.train.latest_checkpoint(checkpoint)
-    if prefix is None:
-      raise ValueError("no checkpoint in directory %r (no 'checkpoint' index file)" % checkpoint)
-    return prefix
-  if not tf.io.gfile.exists(checkpoint + ".index"):
-    raise ValueError("checkpoint %r not found (no %s.index)" % (checkpoint, checkpoint))
-  return checkpoint
 
 
 def _quantized_name(plan, name):
