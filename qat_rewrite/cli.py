@@ -22,6 +22,7 @@ from qat_rewrite import calibration_data, error_report, files  # noqa: E402
 from qat_rewrite.decent_q.config import QuantizeConfig  # noqa: E402
 from qat_rewrite.graph import frozen  # noqa: E402
 from qat_rewrite.targets import tflite  # noqa: E402
+from qat_rewrite.targets.ascend import layers as ascend_layers  # noqa: E402
 from qat_rewrite.targets.ascend import ptq as ascend_ptq  # noqa: E402
 from qat_rewrite.targets.dpu import calibrate, deploy, dump, rewrite  # noqa: E402
 
@@ -108,12 +109,18 @@ def inspect(args):
       op.name for op in ops if op.name not in consumed and op.type not in ("Const", "NoOp")))
   if settled:
     print("%d learning-phase switches settle to their default branch" % settled)
-  if not args.input_nodes or not args.output_nodes:
+  if args.target == "tflite":
+    print("tflite: the converter quantizes every op it has int8 kernels for; quantize "
+          "--target tflite refuses the model, naming the tensors, if any stays float")
+    return
+  if args.target == "ascend":
+    notes = _ascend_notes(graph)
+  elif not args.input_nodes or not args.output_nodes:
     print("give --input_nodes and --output_nodes to see what is quantized")
     return
-  config = _config(args, graph)
-  notes = _dpu_notes(graph, config)
-  print("\n| op | type | quantization |\n|---|---|---|")
+  else:
+    notes = _dpu_notes(graph, _config(args, graph))
+  print("\n| op | type | quantization (%s) |\n|---|---|---|" % args.target)
   for op in ops:
     print("| %s | %s | %s |" % (op.name, op.type, notes.get(op.name, "")))
 
@@ -273,6 +280,15 @@ def _dpu_notes(graph, config):
   return notes
 
 
+def _ascend_notes(graph):
+  """{op name: how AMCT's calibration quantizes it, or why it stays float}."""
+  found = ascend_layers.find_layers(graph)
+  notes = {op.name: "layer: int8 data (scale, offset), int8 weights" for op in found.layers}
+  notes.update((name, notes[name] + "; warning: " + text) for name, text in found.warnings.items())
+  notes.update((f.op, "float: " + f.reason) for f in found.float_ops)
+  return notes
+
+
 def _parser():
   parser = argparse.ArgumentParser(prog="qat_rewrite", description=__doc__.splitlines()[0])
   verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -306,7 +322,7 @@ def _parser():
 
   i = verb("inspect", inspect, "List the ops and how the target quantizes each, or why not.")
   _node_flags(i)
-  i.add_argument("--target", choices=["dpu"], default="dpu")
+  i.add_argument("--target", choices=sorted(_TARGETS), default="dpu")
   for name, default in _DPU_FLAGS.items():
     i.set_defaults(**{name: default})
   i.set_defaults(nodes_bit=None, nodes_method=None, output_dir="./quantize_results")

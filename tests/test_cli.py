@@ -258,3 +258,14 @@ def test_ascend_range_method_changes_the_recorded_data_scale(workdir, capsys):
   assert scales["percentile"] < scales["min_max"]
   status, _, err = _run(QUANTIZE + ["--range_method", "mse"], capsys)
   assert status == 1 and "--range_method is for --target ascend" in err
+
+
+def test_inspect_for_ascend_names_the_layers_and_the_float_ops(workdir, capsys):
+  status, out, _ = _run(["inspect", "--input_frozen_graph", "model.pb", "--target", "ascend"],
+                        capsys)
+  assert status == 0
+  rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines()
+          if line.startswith("| ")}
+  assert "layer: int8 data" in rows["conv2/Conv2D"]
+  assert "has 3 input channels (<= 16)" in rows["conv1/Conv2D"]
+  assert "quantization (ascend)" in out

@@ -7,6 +7,7 @@ inside the graph) and the check, after conversion, that no computation stayed fl
 """
 
 import tensorflow as tf
+from absl import logging
 
 from qat_rewrite import calibration_data
 from qat_rewrite.export import integer_check
@@ -22,9 +23,11 @@ def calibrated_contents(graph_def, input_fn, input_nodes, output_nodes, input_sh
 
   def representative_dataset():
     try:
-      for values in calibration_data.input_node_batches(graph_def, input_fn, input_nodes,
-                                                        calib_iter):
+      batches = calibration_data.input_node_batches(graph_def, input_fn, input_nodes, calib_iter)
+      for i, values in enumerate(batches):
         yield [values[name] for name in input_nodes]
+        if (i + 1) % max(1, calib_iter // 10) == 0 or i + 1 == calib_iter:
+          logging.info("calibration: batch %d/%d", i + 1, calib_iter)
     except Exception as e:
       input_errors.append(e)
       raise

@@ -7,7 +7,6 @@ both or neither. The user's files are only read.
 
 import os
 
-import tensorflow as tf
 from absl import logging
 
 from qat_rewrite import files

@@ -6,6 +6,7 @@ import os
 import tempfile
 
 import tensorflow as tf
+from absl import logging
 
 from qat_rewrite import calibration_data
 from qat_rewrite.graph import frozen
@@ -31,8 +32,11 @@ def calibrated_contents(pb_path, graph_def, input_fn, output_nodes, calib_iter,
     outputs = [graph.get_tensor_by_name(name + ":0") for name in output_nodes]
     placeholders = calibration_data.placeholders(graph)
     with tf.compat.v1.Session(graph=graph) as sess:
+      every = max(1, calib_iter // 10)
       for i in range(calib_iter):
         sess.run(outputs, calibration_data.feed_dict(input_fn, i, placeholders))
+        if (i + 1) % every == 0 or i + 1 == calib_iter:
+          logging.info("calibration: batch %d/%d", i + 1, calib_iter)
     written = export.save_calibrated(pb_path, list(output_nodes), record_file,
                                      os.path.join(temp, SAVE_NAME))
     contents = {}
