@@ -11,6 +11,7 @@ class LayerReport:
   kind: str
   folded_batch_norm: Optional[str] = None
   weights_quantized: bool = False
+  bias_quantized: bool = False  # rounded to the input·weight scale grid, as TFLite adds it
   quantizers: List[str] = dataclasses.field(default_factory=list)
   notes: List[str] = dataclasses.field(default_factory=list)
 

@@ -104,19 +104,20 @@ def test_model_has_the_integer_types_asked_for(trained, tmp_path):
 
 
 def test_tflite_integers_match_the_eval_graph(trained, tmp_path):
+  mode, _, _ = trained
   result = export(trained, tmp_path)
   images, _ = data(200, seed=0, split=1)  # held-out digits
   (agreement,) = compare_tflite(result, {"images": images}).values()
   assert agreement.elements == 2000
-  # Never more than 1 LSB apart; equal integers on 97.4% (per-channel int8) and 94.5%
-  # (per-tensor uint8) of these logits, not the 99% hoped for. Not a rounding-mode difference:
-  # no value lands exactly on .5, and TFLite's integers equal round-half-up of exact integer
-  # arithmetic on its own inputs. TFLite adds an int32 bias on the sx*sw grid (up to 0.003
-  # output LSB off the float bias here), which flips the values lying that close to a .5 tie:
-  # each conv output agrees with the eval graph on 99.9-100%. The 1,568-input dense layer
-  # then turns the ~0.1% of its inputs that differ by 1 LSB into 1-LSB flips of 3-6% of the
-  # logits (given TFLite's own inputs it agrees on 99.95%).
-  assert agreement.equal_share >= 0.93 and agreement.max_lsb <= 1, agreement
+  # Never more than 1 LSB apart; equal integers on 99.85% (per-channel int8) and 99.05%
+  # (per-tensor uint8) of these logits (97.4% and 94.5% while the eval graph added a float
+  # bias: TFLite adds it as int32 on the s_in*s_w grid, up to 0.003 output LSB away, which
+  # flipped values near a .5 tie, and the 1,568-input dense layer amplified those flips). The
+  # eval graph now adds the bias on that grid (`<layer>/bias_quant`) wherever the layer's input
+  # is quantized; conv1 reads the float input, so its bias stays float: with a FakeQuant on the
+  # input, 100% / 0 LSB per-channel and 99.35% per-tensor. Per-tensor keeps a little margin.
+  minimum = 0.99 if mode == "per_channel" else 0.985
+  assert agreement.equal_share >= minimum and agreement.max_lsb <= 1, agreement
 
 
 def test_uint8_refuses_per_channel_weights(trained, tmp_path):

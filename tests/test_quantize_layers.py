@@ -15,6 +15,7 @@ says so:
   `AssignMinEma`, ...) directly, as contrib did.
 - One weight variable read by two layers gets one `weights_quant` that both read (contrib: two).
 """
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -628,3 +629,82 @@ def test_batch_norm_forced_updates_keep_the_post_activation_bypass_quantized(act
   act_out = _assert_quantizer(g, 'test/post_activation_bypass_quant', 'test/add', True,
                               resource=use_resource)
   assert _op(g, 'test/unused/Conv2D').inputs[0] is act_out.outputs[0]
+
+
+def _bias_grid_graph(training, per_channel, normalizer):
+  """conv `a` (float input) -> ReLU6 -> conv `b` (bias or folded batch norm) -> ReLU6, rewritten."""
+  with tf.Graph().as_default() as g:
+    x = builders.conv2d(builders.conv_input(kind='random'), 8, 3, scope='a')
+    builders.conv2d(x, 8, 3, normalizer=normalizer, is_training=training, scope='b')
+    rewrite = (quantize.experimental_create_training_graph if training
+               else quantize.experimental_create_eval_graph)
+    report = rewrite(g, symmetric=per_channel, per_channel_weights=per_channel)
+  return g, report
+
+
+def _randomize(sess, graph, rng):
+  """Random biases, batch-norm parameters and symmetric weight ranges (one per channel if
+  per-channel), as a symmetric training rewrite leaves them."""
+  for var in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES):
+    name, shape = var.op.name, var.shape.as_list()
+    if name.endswith('weights_quant/max'):
+      var.load(np.linspace(0.2, 1.0, 8)[:shape[0]] if shape else 0.7, sess)
+    elif name.endswith('weights_quant/min'):
+      var.load(-np.linspace(0.2, 1.0, 8)[:shape[0]] if shape else -0.7, sess)
+    elif name.endswith(('biases', 'beta', 'moving_mean')):
+      var.load(rng.normal(0, 1, shape), sess)
+    elif name.endswith(('gamma', 'moving_variance')):
+      var.load(rng.uniform(0.5, 2.0, shape), sess)
+
+
+@pytest.mark.parametrize('normalizer', ['none', 'fused'])
+@pytest.mark.parametrize('per_channel', [False, True], ids=['per_tensor', 'per_channel'])
+def test_eval_bias_is_on_the_input_times_weight_scale_grid(per_channel, normalizer):
+  """TFLite adds the (folded) bias in int32 on the grid s_in·s_w (per output channel for
+  per-channel weights); the eval graph adds that same bias, so rounding ties fall alike."""
+  g, report = _bias_grid_graph(False, per_channel, normalizer)
+  assert [l.bias_quantized for l in report.layers] == [False, True]
+  quantized = _op(g, 'b/bias_quant/quantized')
+  bias_op = _op(g, 'b/BiasAdd' if normalizer == 'none' else 'b/add_fold')
+  assert quantized.outputs[0] in list(bias_op.inputs)
+  assert not any(v.op.name.startswith('b/bias_quant') for v in g.get_collection(
+      tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))  # no new variables: checkpoints still restore
+  weights_fq = _op(g, 'b/weights_quant/' + FQ + ('PerChannel' if per_channel else ''))
+  input_fq = _op(g, 'a/act_quant/' + FQ)
+  with tf.compat.v1.Session(graph=g) as sess:
+    sess.run(tf.compat.v1.global_variables_initializer())
+    _randomize(sess, g, np.random.RandomState(0))
+    bias, bias_q, in_min, in_max, w_min, w_max = sess.run(
+        [quantized.inputs[0], quantized.outputs[0], input_fq.inputs[1], input_fq.inputs[2],
+         weights_fq.inputs[1], weights_fq.inputs[2]])
+  step = (in_max - in_min) / 255.0 * (w_max - w_min) / 254.0
+  if per_channel:
+    assert step.shape == (8,) and np.ptp(step) > 0
+    np.testing.assert_allclose(step, 12.0 / 255.0 * w_max / 127.0, rtol=1e-5)  # max|w|/127
+  ticks = bias_q / step
+  np.testing.assert_allclose(ticks, np.round(ticks), atol=1e-3)
+  np.testing.assert_array_less(np.abs(bias_q - bias), step / 2 + 1e-7)
+  assert np.any(bias_q != bias)
+
+
+@pytest.mark.parametrize('per_channel', [False, True], ids=['per_tensor', 'per_channel'])
+def test_bias_without_a_quantized_input_stays_float(per_channel):
+  """The first conv reads the float model input: no known s_in, so its bias is left as it was."""
+  g, _ = _bias_grid_graph(False, per_channel, 'none')
+  assert not [op.name for op in g.get_operations() if op.name.startswith('a/bias_quant')]
+  assert _op(g, 'a/BiasAdd').inputs[1].op.name == 'a/BiasAdd/ReadVariableOp'
+
+
+def test_training_bias_rounding_has_a_straight_through_gradient():
+  g, report = _bias_grid_graph(True, False, 'none')
+  assert [l.bias_quantized for l in report.layers] == [False, True]
+  with g.as_default():
+    quantized = _op(g, 'b/bias_quant/quantized').outputs[0]
+    (grad,) = tf.gradients(tf.reduce_sum(quantized * tf.range(8.0)), quantized.op.inputs[0])
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      np.testing.assert_array_equal(sess.run(grad), np.arange(8.0))
+    # A second rewrite leaves the rounded bias alone.
+    before = _serialized(g)
+    quantize.experimental_create_training_graph(g)
+    assert _serialized(g) == before

@@ -57,7 +57,7 @@ def insert_quantizers(graph, settings, folded):
   # A layer's chain ends where the scope ends; folded-away ops never run.
   excluded = folded_away_ops(view) | {op for op in view.ops if not settings.in_scope(op)}
   matches = find_matches(quantizable_layer(), view.ops, "layer", exclude=excluded)
-  reports, quantized_weights, layer_ops = [], {}, set()
+  reports, quantized_weights, layer_ops, biases = [], {}, set(), []
   float_ops = _unmatched_layers(view, matches, settings)
   for m in matches:
     layer = m.op("layer")
@@ -70,7 +70,12 @@ def insert_quantizers(graph, settings, folded):
       float_ops.append(FloatOp(layer.name, layer.type, why))
       continue
     reports.append(_quantize_layer(view, m, settings, folded, quantized_weights))
+    if m.has("bias"):
+      biases.append((m, reports[-1]))
   others = _quantize_generic_ops(graph, settings, layer_ops)
+  # Last: every input quantizer (pools, generic ops) exists by now.
+  for m, report in biases:
+    report.bias_quantized = _quantize_bias(m.op("layer"), m.op("bias"), m.tensor("bias_value"))
   float_ops.extend(_lone_batch_norms(view, settings, layer_ops))
   return reports, others, float_ops
 
@@ -188,6 +193,46 @@ def _quantize_pool(view, op, settings, memo, report):
     quantized = fake_quant.fake_quantize_like(output, quantizer, scope, delay)
   editor.reroute(output, quantized, view.consumers(output))
   report.quantizers.append(scope.rstrip("/"))
+
+
+def _quantize_bias(layer, bias_op, bias):
+  """Rounds the bias added by `bias_op` to the grid s_in·s_w of the layer's input and weight
+  quantizers, as TFLite adds it (int32 on that grid, per output channel for per-channel
+  weights); a float bias is up to ~0.003 output LSB off and flips values near a rounding tie.
+  Straight-through gradient; no variables. Returns False (the bias stays float) unless both
+  the data input and the weights are on a known FakeQuant grid."""
+  kind = kind_of(layer)
+  in_q, in_delay = _input_quantizer(layer.inputs[kind.data_input])
+  w_q, w_delay = _weight_quantizer(layer.inputs[kind.weight_input])
+  if in_q is None or w_q is None or "/bias_quant" in bias.op.name:
+    return False
+  index = next(i for i, t in enumerate(bias_op.inputs)
+               if t.op is bias.op and t.value_index == bias.value_index)
+  graph = layer.graph
+  scope = editor.unique_scope(graph, join(context(layer), "bias_quant"))
+  delay = w_delay if w_delay is not None else in_delay
+  with graph.as_default(), graph.name_scope(scope):
+    quantized = fake_quant.quantize_bias(
+        bias, fake_quant.scale_of(in_q, "input_scale"), fake_quant.scale_of(w_q, "weight_scale"),
+        delay)
+  editor.replace_input(bias_op, index, quantized)
+  return True
+
+
+def _weight_quantizer(tensor):
+  """(the FakeQuant that quantizes a layer's weights, its delay condition or None), or (None, None)."""
+  delay = None
+  for _ in range(3):
+    op = tensor.op
+    if op.type in ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"):
+      return op, delay
+    if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
+      delay, tensor = op.inputs[0], op.inputs[1]
+    elif op.type == "Reshape" and op.name.endswith("per_channel_restore"):
+      tensor = op.inputs[0]
+    else:
+      break
+  return None, None
 
 
 def _input_quantizer(tensor):

@@ -169,3 +169,22 @@ def fake_quantize_like(x, quantizer, scope, delay_reached=None):
     if delay_reached is not None:
       quantized = tf.where(delay_reached, quantized, x, name="delayed_quant")
   return quantized
+
+
+def scale_of(quantizer, name="scale"):
+  """The grid step of a FakeQuantWithMinMaxVars(PerChannel) op: (max − min)/(qmax − qmin). Nudging
+  shifts min and max together, so it keeps this step; TFLite's converter uses the same scale."""
+  levels = 2 ** quantizer.get_attr("num_bits") - (2 if quantizer.get_attr("narrow_range") else 1)
+  return tf.divide(quantizer.inputs[2] - quantizer.inputs[1], float(levels), name=name)
+
+
+def quantize_bias(bias, input_scale, weight_scale, delay_reached=None):
+  """`bias` rounded to multiples of input_scale·weight_scale (TFLite's int32 bias grid), with a
+  straight-through gradient. A zero scale (an all-zero channel) keeps the float bias."""
+  scale = tf.multiply(input_scale, weight_scale, name="bias_scale")
+  rounded = tf.round(tf.math.divide_no_nan(bias, scale)) * scale
+  rounded = tf.where(scale > 0.0, rounded, bias)
+  quantized = tf.add(bias, tf.stop_gradient(rounded - bias), name="quantized")
+  if delay_reached is not None:
+    quantized = tf.where(delay_reached, quantized, bias, name="delayed")
+  return quantized
