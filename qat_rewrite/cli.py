@@ -22,6 +22,7 @@ from qat_rewrite import calibration_data, error_report, files  # noqa: E402
 from qat_rewrite.decent_q.config import QuantizeConfig  # noqa: E402
 from qat_rewrite.graph import frozen  # noqa: E402
 from qat_rewrite.targets import tflite  # noqa: E402
+from qat_rewrite.targets.ascend import export as ascend_export  # noqa: E402
 from qat_rewrite.targets.ascend import layers as ascend_layers  # noqa: E402
 from qat_rewrite.targets.ascend import ptq as ascend_ptq  # noqa: E402
 from qat_rewrite.targets.dpu import calibrate, deploy, dump, rewrite  # noqa: E402
@@ -66,6 +67,7 @@ def quantize(args):
   graph_def = frozen.load_graph_def(args.input_frozen_graph)
   input_fn = _load_input_fn(args.input_fn)
   files.check_output_dir(args.output_dir)
+  _refuse_existing(args.output_dir, _output_names(args), args.overwrite)  # before the wait
   contents = _TARGETS[args.target](args, graph_def, input_fn, config)
   if args.report:
     contents.update(_report(graph_def, contents[deploy.EVAL_MODEL], input_fn, config))
@@ -92,6 +94,18 @@ def _tflite_files(args, graph_def, input_fn, config):
 
 
 _TARGETS = {"dpu": _dpu_files, "ascend": _ascend_files, "tflite": _tflite_files}
+
+
+def _output_names(args):
+  """The files `quantize` will write for the chosen target and options."""
+  if args.target == "ascend":
+    return [ascend_ptq.RECORD] + [ascend_ptq.SAVE_NAME + suffix for suffix in
+                                  (ascend_export.QUANTIZED_SUFFIX, ascend_export.FAKE_QUANT_SUFFIX)]
+  if args.target == "tflite":
+    return [tflite.MODEL]
+  names = [deploy.EVAL_MODEL, deploy.DEPLOY_MODEL, deploy.INFO]
+  names += [deploy.FIXNEURON_MODEL] if args.fixneuron_model else []
+  return names + ([REPORT + ext for ext in (".md", ".csv", ".png")] if args.report else [])
 
 
 def inspect(args):

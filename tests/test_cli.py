@@ -269,3 +269,16 @@ def test_inspect_for_ascend_names_the_layers_and_the_float_ops(workdir, capsys):
   assert "layer: int8 data" in rows["conv2/Conv2D"]
   assert "has 3 input channels (<= 16)" in rows["conv1/Conv2D"]
   assert "quantization (ascend)" in out
+
+
+def test_existing_outputs_are_refused_before_calibration(workdir, capsys):
+  os.makedirs("asc")
+  (workdir / "asc" / "record.txt").write_text("mine")
+  calls = []
+  import calib
+  calib_input = calib.input_fn
+  calib.input_fn = lambda i: calls.append(i) or calib_input(i)
+  argv = _flag(QUANTIZE, "--output_dir", "asc") + ["--target", "ascend"]
+  status, _, err = _run(argv, capsys)
+  assert status == 1 and "asc/record.txt already exists" in err and calls == []
+  assert (workdir / "asc" / "record.txt").read_text() == "mine"
