@@ -27,6 +27,7 @@ tf.get_logger().setLevel("ERROR")
 # Run from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from qat_rewrite import decent_q  # noqa: E402
+from qat_rewrite.graph import frozen  # noqa: E402
 from qat_rewrite.targets.dpu import agreement  # noqa: E402
 
 v1 = tf.compat.v1
@@ -83,7 +84,8 @@ def main(argv=None):
 
   feeds = {INPUT: images}
   start = time.time()
-  agreement.run_eval_model(files["quantize_eval_model.pb"], feeds, [output + "/aquant"])
+  frozen.run_graph_def(frozen.load_graph_def(files["quantize_eval_model.pb"]), feeds,
+                       [output + "/aquant"])
   eval_s = time.time() - start
   start = time.time()
   agreement.run_deploy_model(files, feeds)

@@ -9,9 +9,9 @@ scale and zero point. Tests, examples and benchmarks all measure agreement with 
 import collections
 
 import numpy as np
-import tensorflow as tf
 
 from qat_rewrite.export import integer_check
+from qat_rewrite.graph import frozen
 
 Agreement = collections.namedtuple("Agreement", "elements equal_share max_lsb")
 
@@ -31,15 +31,6 @@ def combine(results):
   equal = sum(r.equal_share * r.elements for r in results)
   return Agreement(elements, equal / elements if elements else 1.0,
                    max((r.max_lsb for r in results), default=0))
-
-
-def run_eval_graph(graph_def, feeds, outputs):
-  """{output node: array} of the frozen eval graph run in TensorFlow."""
-  with tf.Graph().as_default():
-    tf.import_graph_def(graph_def, name="")
-    with tf.compat.v1.Session() as sess:
-      return sess.run({name: name + ":0" for name in outputs},
-                      {name + ":0": value for name, value in feeds.items()})
 
 
 def quantize_input(values, scale, zero_point, dtype):
@@ -78,7 +69,7 @@ def compare_tflite(export, feeds, delegates=True):
   """{eval graph output: Agreement} of the TFLite model `export` (a TFLiteExport) with its
   eval graph, fed `feeds` ({input node: float array})."""
   got, params, eval_feeds = run_tflite(export.path, feeds, delegates)
-  expected = run_eval_graph(export.eval_graph_def, eval_feeds, export.output_nodes)
+  expected = frozen.run_graph_def(export.eval_graph_def, eval_feeds, export.output_nodes)
   results = {}
   for index, name in enumerate(export.output_nodes):
     key = name if name in got else list(got)[index]
@@ -128,7 +119,7 @@ def compare_onnx(export, feeds, optimized=True):
     eval_feeds[name] = quantize_input(value, scale, zero_point, np.uint8)[1]
   got = session.run([n + ":0" for n in export.output_nodes],
                     {n + ":0": v for n, v in eval_feeds.items()})
-  expected = run_eval_graph(export.eval_graph_def, eval_feeds, export.output_nodes)
+  expected = frozen.run_graph_def(export.eval_graph_def, eval_feeds, export.output_nodes)
   results = {}
   for name, values in zip(export.output_nodes, got):
     scale, zero_point = onnx_output_quantization(model_proto, name + ":0")

@@ -57,6 +57,15 @@ def import_graph_def(graph_def, path="graph"):
   return graph
 
 
+def run_graph_def(graph_def, feeds, outputs):
+  """{output node: array} of `graph_def` run once in stock TensorFlow; feeds keyed by node."""
+  with tf.Graph().as_default():
+    tf.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session() as sess:
+      return sess.run({name: name + ":0" for name in outputs},
+                      {name + ":0": value for name, value in feeds.items()})
+
+
 def settle_constant_switches(graph_def):
   """A copy of `graph_def` where every Switch whose predicate is constant when nothing is fed
   (a Const, or a PlaceholderWithDefault of one, through Identities) passes its input through,

@@ -7,7 +7,6 @@ reference runner; each eval output, times 2^pos, must be the runner's integers.
 import collections
 
 import numpy as np
-import tensorflow as tf
 
 from qat_rewrite.graph import frozen
 from qat_rewrite.targets.dpu import deploy, reference_runner
@@ -19,7 +18,8 @@ def compare(files, feeds):
   """{eval model tensor: Agreement}, for every output and quantized activation, for the deploy files `files` ({file name: path}, as returned by
   CreateQuantizeDeployGraph) fed `feeds` ({input node name: array})."""
   got = run_deploy_model(files, feeds)
-  expected = run_eval_model(files[deploy.EVAL_MODEL], feeds, list(got))
+  expected = frozen.run_graph_def(frozen.load_graph_def(files[deploy.EVAL_MODEL]), feeds,
+                                  list(got))
   results = {}
   for name, (ints, pos) in got.items():
     want = expected[name].astype(np.float64) * 2.0 ** pos
@@ -37,12 +37,3 @@ def run_deploy_model(files, feeds):
   got = reference_runner.run(frozen.load_graph_def(files[deploy.DEPLOY_MODEL]), feeds,
                              sorted(set(tensor_map.values())))
   return {name: got[node] for name, node in tensor_map.items()}
-
-
-def run_eval_model(path, feeds, outputs):
-  """{output: array} of a frozen eval model run in stock TensorFlow."""
-  with tf.Graph().as_default():
-    tf.import_graph_def(frozen.load_graph_def(path), name="")
-    with tf.compat.v1.Session() as sess:
-      return sess.run({name: name + ":0" for name in outputs},
-                      {name + ":0": value for name, value in feeds.items()})
