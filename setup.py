@@ -19,7 +19,7 @@ setup(
         "absl-py",
     ],
     extras_require={
-        "test": ["pytest>=7", "matplotlib", "onnx==1.23.2", "onnxruntime==1.31.1",
+        "test": ["pytest>=7", "hypothesis", "matplotlib", "onnx==1.23.2", "onnxruntime==1.31.1",
                  "tf2onnx==1.17.0"],
         "report": ["matplotlib"],
         "onnx": ["onnx==1.23.2", "onnxruntime==1.31.1", "tf2onnx==1.17.0"],

@@ -64,6 +64,7 @@ def test_seed_call_works():
     (dict(ignore_nodes=["conv1/Conv2D:0"]), "ignore_nodes"),      # a tensor name, not an op name
     (dict(ignore_nodes=[""]), "ignore_nodes"),
     (dict(weight_bit=0), "weight_bit"),
+    (dict(weight_bit=1), "weight_bit"),
     (dict(weight_bit=17), "weight_bit"),
     (dict(weight_bit=8.0), "weight_bit"),
     (dict(activation_bit=True), "activation_bit"),                # bool is not an int here

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 _OP_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")  # TensorFlow's rule for op names
 _NODE_LISTS = ("input_nodes", "output_nodes", "ignore_nodes")
-_OVERRIDES = {"nodes_bit": ("bits", 1, 16), "nodes_method": ("method", 0, 2)}
+_OVERRIDES = {"nodes_bit": ("bits", 2, 16), "nodes_method": ("method", 0, 2)}
 _CHOICES = {"method": 2, "align_concat": 2, "align_pool": 2, "adjust_shift_bias": 2,
             "adjust_shift_cut": 1}  # field -> highest allowed value (lowest is 0)
 _FLAGS = ("simulate_dpu", "scale_all_avgpool", "do_cle", "replace_relu6", "replace_sigmoid",
@@ -105,8 +105,8 @@ class QuantizeConfig:
     put("input_shapes", _shapes(input_shapes, self.input_nodes))
     for name, (what, low, high) in _OVERRIDES.items():
       put(name, _overrides(name, given[name], what, low, high))
-    put("weight_bit", _int("weight_bit", weight_bit, 1, 16))
-    put("activation_bit", _int("activation_bit", activation_bit, 1, 16))
+    put("weight_bit", _int("weight_bit", weight_bit, 2, 16))
+    put("activation_bit", _int("activation_bit", activation_bit, 2, 16))
     put("calib_iter", _int("calib_iter", calib_iter, 1, None))
     for name, high in _CHOICES.items():
       put(name, _int(name, given[name], 0, high))

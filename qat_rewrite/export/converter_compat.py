@@ -6,6 +6,7 @@ Only rewrites that compute exactly the same numbers belong here.
 import tensorflow as tf
 
 from qat_rewrite.export import frozen
+from qat_rewrite.graph.frozen import const_node
 
 _PASS_TYPES = ("Identity", "Reshape")
 
@@ -68,9 +69,9 @@ def _replace_with_conv(graph_def, matmul, fake_quant, cin, cout, bias_add):
   scope = matmul_name + "/as_conv/"
   dtype = matmul.attr["T"]
   graph_def.node.extend([
-      frozen.const_node(scope + "input_shape", [-1, 1, 1, cin], "int32"),
-      frozen.const_node(scope + "weights_shape", [1, 1, cin, cout], "int32"),
-      frozen.const_node(scope + "output_shape", [-1, cout], "int32"),
+      const_node(scope + "input_shape", [-1, 1, 1, cin], "int32"),
+      const_node(scope + "weights_shape", [1, 1, cin, cout], "int32"),
+      const_node(scope + "output_shape", [-1, cout], "int32"),
       _node(scope + "input_4d", "Reshape", [matmul.input[0], scope + "input_shape"],
             T=dtype, Tshape=_type(tf.int32)),
       _node(scope + "weights_4d", "Reshape", [fake_quant.input[0], scope + "weights_shape"],

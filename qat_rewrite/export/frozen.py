@@ -8,14 +8,14 @@ the input ranges are. Bad input is refused here, before any file is touched.
 
 import os
 
-import numpy as np
 import tensorflow as tf
 
-from qat_rewrite.graph.frozen import load_graph_def as load_graph_file, resolve_checkpoint
+from qat_rewrite.graph.frozen import (VARIABLE_TYPES, constants_from_checkpoint,
+                                      resolve_checkpoint)
+from qat_rewrite.graph.frozen import load_graph_def as load_graph_file
 
 FAKE_QUANT_TYPES = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel",
                     "FakeQuantWithMinMaxArgs")
-_VARIABLE_TYPES = ("VarHandleOp", "VariableV2", "Variable")
 _ALIAS_TYPES = ("Identity",)
 
 
@@ -42,47 +42,14 @@ def freeze(model, output_nodes, checkpoint=None):
   missing = [name for name in output_nodes if name not in nodes]
   if missing:
     raise ValueError("output node(s) %s not in the graph" % ", ".join(map(repr, missing)))
-  graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, list(output_nodes))
-  variables = [n.name for n in graph_def.node if n.op in _VARIABLE_TYPES]
+  cut = tf.compat.v1.graph_util.extract_sub_graph(graph_def, list(output_nodes))
+  variables = [n.name for n in cut.node if n.op in VARIABLE_TYPES]
   if not variables:
-    return graph_def
+    return cut
   if checkpoint is None:
     raise ValueError("the graph reads %d variable(s) (e.g. %s): pass the checkpoint to read "
                      "them from, or a frozen GraphDef" % (len(variables), variables[0]))
-  return _variables_to_constants(graph_def, resolve_checkpoint(checkpoint), variables)
-
-
-def _variables_to_constants(graph_def, prefix, variables):
-  reader = tf.train.load_checkpoint(prefix)
-  shapes = reader.get_variable_to_shape_map()
-  absent = [name for name in variables if name not in shapes]
-  if absent:
-    raise ValueError("checkpoint %r lacks %d variable(s) the graph needs, e.g. %s"
-                     % (prefix, len(absent), ", ".join(absent[:5])))
-  out = tf.compat.v1.GraphDef()
-  out.versions.CopyFrom(graph_def.versions)
-  out.library.CopyFrom(graph_def.library)
-  variables = set(variables)
-  for node in graph_def.node:
-    read_of = node.input[0] if node.op == "ReadVariableOp" else None
-    if node.op in _VARIABLE_TYPES or read_of in variables:
-      name = read_of or node.name
-      value = reader.get_tensor(name)
-      out.node.append(const_node(node.name, value))
-    else:
-      copy = out.node.add()
-      copy.CopyFrom(node)
-      if "_class" in copy.attr:
-        del copy.attr["_class"]  # colocation with the variables that are now constants
-  return out
-
-
-def const_node(name, value, dtype=None):
-  value = np.asarray(value, dtype=dtype)
-  node = tf.compat.v1.NodeDef(name=name, op="Const")
-  node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
-  node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
-  return node
+  return constants_from_checkpoint(graph_def, resolve_checkpoint(checkpoint), output_nodes)
 
 
 def node_name(tensor_or_node):

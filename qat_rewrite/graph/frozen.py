@@ -8,11 +8,15 @@ the branch its predicate takes when nothing is fed, and the other branch is drop
 
 import collections
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf import message
 
+from qat_rewrite.passes import settings_record
+
 # Ops that pass their input through unchanged, when looking for a predicate's value.
 _PASS_THROUGH = ("Identity", "PlaceholderWithDefault")
+VARIABLE_TYPES = ("VarHandleOp", "VariableV2", "Variable")
 
 
 def load_graph_def(path):
@@ -44,6 +48,50 @@ def resolve_checkpoint(checkpoint):
   if not tf.io.gfile.exists(checkpoint + ".index"):
     raise ValueError("checkpoint %r not found (no %s.index)" % (checkpoint, checkpoint))
   return checkpoint
+
+
+def constants_from_checkpoint(graph_def, prefix, needed, missing_hint=""):
+  """`graph_def` cut to what the `needed` nodes read, each variable read replaced by its value
+  in checkpoint `prefix`. ValueError naming the checkpoint if it lacks a variable, holds one of
+  another shape, or was trained with other quantization settings; nothing is run."""
+  reader = tf.train.load_checkpoint(prefix)
+  settings_record.check_checkpoint(settings_record.recorded(graph_def), reader, prefix)
+  graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, list(needed))
+  shapes = reader.get_variable_to_shape_map()
+  variables = {n.name: n for n in graph_def.node if n.op in VARIABLE_TYPES}
+  missing = sorted(name for name in variables if name not in shapes)
+  if missing:
+    raise ValueError("checkpoint %r lacks %d variable(s) the graph needs, e.g. %s%s"
+                     % (prefix, len(missing), ", ".join(missing[:5]), missing_hint))
+  out = tf.compat.v1.GraphDef()
+  out.versions.CopyFrom(graph_def.versions)
+  out.library.CopyFrom(graph_def.library)
+  for node in graph_def.node:
+    read_of = node.input[0] if node.op == "ReadVariableOp" else None
+    if node.op in VARIABLE_TYPES or read_of in variables:
+      name = read_of or node.name
+      value = reader.get_tensor(name)
+      expected = variables[name].attr["shape"].shape
+      if not expected.unknown_rank and [d.size for d in expected.dim] != list(value.shape):
+        raise ValueError("checkpoint %r: variable %s has shape %s, the graph wants %s (a "
+                         "checkpoint of another model?)" % (prefix, name, list(value.shape),
+                                                            [d.size for d in expected.dim]))
+      out.node.append(const_node(node.name, value))
+    else:
+      copy = out.node.add()
+      copy.CopyFrom(node)
+      if "_class" in copy.attr:
+        del copy.attr["_class"]  # colocation with variables that are now constants
+  return out
+
+
+def const_node(name, value, dtype=None):
+  """A Const NodeDef holding `value`."""
+  value = np.asarray(value, dtype=dtype)
+  node = tf.compat.v1.NodeDef(name=name, op="Const")
+  node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+  node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+  return node
 
 
 def import_graph_def(graph_def, path="graph"):

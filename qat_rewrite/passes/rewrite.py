@@ -6,7 +6,7 @@ import time
 from absl import logging
 
 from qat_rewrite.graph.view import GraphView
-from qat_rewrite.passes import checks
+from qat_rewrite.passes import checks, settings_record
 from qat_rewrite.passes.fold_batch_norm import apply_folds, find_batch_norm_folds
 from qat_rewrite.passes.insert_quantizers import Settings, insert_quantizers
 from qat_rewrite.quant import fake_quant
@@ -55,6 +55,13 @@ def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None):
   return report, folded, excluded, use_resource
 
 
+def warn_if_nothing_quantized(report):
+  """A graph with no quantizable layer is not an error (the report says why), but is surprising."""
+  if not report.layers:
+    logging.warning("no quantizable layer (conv, depthwise, transpose conv, matmul) found; the "
+                    "report lists the compute ops left in float and why")
+
+
 def rewrite(graph, *args, **kwargs):
   """Rewrites `graph` in place for quantization-aware training or evaluation.
 
@@ -79,6 +86,10 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
     raise ValueError("scope must be a string or None, got %r" % (scope,))
   prefix = scope if not scope or scope.endswith("/") else scope + "/"
   in_scope = lambda op: not prefix or op.name.startswith(prefix)  # noqa: E731
+  settings_text = settings_record.describe(
+      target="quantize", weight_bits=weight_bits, activation_bits=activation_bits,
+      symmetric=symmetric, per_channel_weights=per_channel)
+  settings_record.refuse_other_settings(graph, settings_text)
 
   report, folded, excluded, use_resource = fold_for_quantization(graph, training, in_scope,
                                                                  freeze_bn_delay)
@@ -92,6 +103,9 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
   layers, others, float_ops = insert_quantizers(graph, settings, folded)
   report.layers, report.other_quantizers = layers, others
   report.float_ops.extend(float_ops)
+  if layers or others:
+    settings_record.record(graph, settings_text)
+  warn_if_nothing_quantized(report)
 
   logging.info("%s (%.2f s)", report.summary(), time.perf_counter() - started)
   logging.debug("%s", report)

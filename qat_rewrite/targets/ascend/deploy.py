@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from qat_rewrite.graph.frozen import const_node
 from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.patterns import compute_layer
@@ -54,7 +55,7 @@ def build(graph, sources, records, record_path, outputs):
     reroutes[s.op.name] = reroutes[s.op.name + ":0"] = s.op.name + "/AscendDequant"
     if s.op.name in biases:
       bias_op, index = biases[s.op.name]
-      const = _const(bias_op.name + "/folded_bias", values["bias:" + s.op.name])
+      const = const_node(bias_op.name + "/folded_bias", values["bias:" + s.op.name])
       graph_def.node.append(const)
       nodes[bias_op.name].input[index] = const.name
   dequants = set(reroutes.values())
@@ -108,14 +109,14 @@ def _quantize_layer(graph_def, nodes, source, rec, weight, record_path):
   quant.attr["quant_bits"].i = 8
   quant.attr["scale"].f = float(np.float32(1.0) / np.float32(rec.scale_d))
   quant.attr["offset"].f = float(rec.offset_d)
-  weight_const = _const(name + "/weight_int8", w_int8)
-  offset_const = _const(name + "/weight_offset",
+  weight_const = const_node(name + "/weight_int8", w_int8)
+  offset_const = const_node(name + "/weight_offset",
                         np.asarray(rec.offset_w, np.int8).reshape(
                             broadcast if len(scale_w) > 1 else [1]))
   weight_quant = _node(name + "/AscendWeightQuant", "AscendWeightQuant",
                        [weight_const.name, offset_const.name])
   deq_values = (np.float32(rec.scale_d) * scale_w).astype(np.float32)
-  deq_const = _const(name + "/deq_scale", pack_deq_scale(deq_values))
+  deq_const = const_node(name + "/deq_scale", pack_deq_scale(deq_values))
   dequant = _node(name + "/AscendDequant", "AscendDequant", [name, deq_const.name])
   dequant.attr["data_format"].s = b"NHWC"
   dequant.attr["ksize"].list.SetInParent()
@@ -153,14 +154,6 @@ def _node(name, op, inputs, dtype=_FLOAT):
   return node
 
 
-def _const(name, value):
-  value = np.asarray(value)
-  node = tf.compat.v1.NodeDef(name=name, op="Const")
-  node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
-  node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
-  return node
-
-
 # ---- the stock-TensorFlow twin ----
 
 def fake_quant_model(quantized):
@@ -184,13 +177,13 @@ def _expand_quant(node, consts):
   n = node.name
   offset = np.float32(node.attr["offset"].f)
   return [
-      _const(n + "/scale", np.float32(node.attr["scale"].f)),
+      const_node(n + "/scale", np.float32(node.attr["scale"].f)),
       _binary(n + "/scaled", "Mul", node.input[0], n + "/scale"),
       _unary(n + "/round", "Round", n + "/scaled"),
-      _const(n + "/offset", offset),
+      const_node(n + "/offset", offset),
       _binary(n + "/shifted", "AddV2", n + "/round", n + "/offset"),
-      _const(n + "/qmin", np.float32(numerics.QMIN)),
-      _const(n + "/qmax", np.float32(numerics.QMAX)),
+      const_node(n + "/qmin", np.float32(numerics.QMIN)),
+      const_node(n + "/qmax", np.float32(numerics.QMAX)),
       _node(n + "/int8", "ClipByValue", [n + "/shifted", n + "/qmin", n + "/qmax"]),
       _binary(n, "Sub", n + "/int8", n + "/offset"),
   ]
@@ -205,7 +198,7 @@ def _expand_weight_quant(node, consts):
 def _expand_dequant(node, consts):
   n = node.name
   packed = tf.make_ndarray(consts[node.input[1]].attr["value"].tensor)
-  return [_const(n + "/scale", unpack_deq_scale(packed)),
+  return [const_node(n + "/scale", unpack_deq_scale(packed)),
           _binary(n, "Mul", node.input[0], n + "/scale")]
 
 

@@ -20,7 +20,6 @@ FIXNEURON_MODEL = "quantize_eval_model_fixneuron.pb"
 DEPLOY_MODEL = "deploy_model.pb"
 INFO = "quantize_info.txt"
 _TENSOR_MAP_HEADER = "# eval model tensor -> deploy model node"
-_VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
 
 
 def deploy(graph, config, checkpoint, fixneuron_model=True):
@@ -42,8 +41,10 @@ def deploy_contents(graph, config, checkpoint, fixneuron_model=True):
   prefix = frozen.resolve_checkpoint(checkpoint)
   plan = done.plan
   outputs = [_quantized_name(plan, name) for name in config.output_nodes]
-  constant = _constants_from_checkpoint(graph.as_graph_def(), prefix, outputs +
-                                        [p.name + "/pos" for p in plan.points])
+  constant = frozen.constants_from_checkpoint(
+      graph.as_graph_def(), prefix, outputs + [p.name + "/pos" for p in plan.points],
+      missing_hint=" (the quantizers' position histograms? Save the checkpoint from the graph "
+                   "rewritten by CreateQuantizeTrainingGraph)")
   positions, values = _evaluate(constant, plan)
   eval_model = _frozen_eval_model(constant, plan, positions, values, config, outputs)
   contents = {EVAL_MODEL: eval_model.SerializeToString()}
@@ -59,48 +60,6 @@ def deploy_contents(graph, config, checkpoint, fixneuron_model=True):
 def _quantized_name(plan, name):
   """decent_q's deploy outputs are the output nodes' quantizers, `<name>/aquant`."""
   return next((p.name for p in plan.points if p.name == name + "/aquant"), name)
-
-
-def _constants_from_checkpoint(graph_def, prefix, needed):
-  """`graph_def` cut to what `needed` reads, with every variable read replaced by its value."""
-  graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, needed)
-  reader = tf.train.load_checkpoint(prefix)
-  shapes = reader.get_variable_to_shape_map()
-  variables = {n.name: n for n in graph_def.node if n.op in _VARIABLE_OPS}
-  missing = sorted(name for name in variables if name not in shapes)
-  if missing:
-    hint = (" (the quantizers' position histograms: save the checkpoint from the graph "
-            "rewritten by CreateQuantizeTrainingGraph)" if any("quant/" in m for m in missing)
-            else "")
-    raise ValueError("checkpoint %r lacks %d variable(s) the eval graph needs, e.g. %s%s"
-                     % (prefix, len(missing), ", ".join(missing[:5]), hint))
-  out = tf.compat.v1.GraphDef()
-  out.versions.CopyFrom(graph_def.versions)
-  out.library.CopyFrom(graph_def.library)
-  for node in graph_def.node:
-    source = node.input[0] if node.op == "ReadVariableOp" else None
-    if node.op in ("VariableV2", "Variable") or (source in variables):
-      name = node.name if node.op != "ReadVariableOp" else source
-      value = reader.get_tensor(name)
-      expected = variables[name].attr["shape"].shape
-      if [d.size for d in expected.dim] != list(value.shape) and not expected.unknown_rank:
-        raise ValueError("checkpoint %r: variable %s has shape %s, the graph wants %s (a "
-                         "checkpoint of another model?)" % (prefix, name, list(value.shape),
-                                                            [d.size for d in expected.dim]))
-      out.node.append(_const(node.name, value))
-    else:
-      copy = out.node.add()
-      copy.CopyFrom(node)
-      if "_class" in copy.attr:
-        del copy.attr["_class"]  # colocation with variables that are gone
-  return out
-
-
-def _const(name, value):
-  node = tf.compat.v1.NodeDef(name=name, op="Const")
-  node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
-  node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
-  return node
 
 
 def _evaluate(constant, plan):
@@ -123,24 +82,24 @@ def _evaluate(constant, plan):
 
 def _frozen_eval_model(constant, plan, positions, values, config, outputs):
   """The stock-TF eval model: constant positions and weights, input nodes as Placeholders."""
-  replace = {p.name + "/pos": _const(p.name + "/pos", np.int32(positions[p.name]))
+  replace = {p.name + "/pos": frozen.const_node(p.name + "/pos", np.int32(positions[p.name]))
              for p in plan.points}
   for p in plan.points:
     if p.kind in (WEIGHTS, BIAS):
       node = p.tensor.op.name
-      replace[node] = _const(node, values[p.name])
+      replace[node] = frozen.const_node(node, values[p.name])
   for name, shape in zip(config.input_nodes, config.input_shapes):
     replace[name] = deploy_model.placeholder_node(name, shape)
-  frozen = tf.compat.v1.GraphDef()
-  frozen.versions.CopyFrom(constant.versions)
-  frozen.library.CopyFrom(constant.library)
+  model = tf.compat.v1.GraphDef()
+  model.versions.CopyFrom(constant.versions)
+  model.library.CopyFrom(constant.library)
   for node in constant.node:
-    frozen.node.append(replace.get(node.name, node))
-  for node in frozen.node:
+    model.node.append(replace.get(node.name, node))
+  for node in model.node:
     if node.name in positions:  # the point's output Identity: tag it as decent_q's FixNeuron
       point = next(p for p in plan.points if p.name == node.name)
       _tag(node, point, positions[point.name], prefix="_")
-  return tf.compat.v1.graph_util.extract_sub_graph(frozen, outputs)
+  return tf.compat.v1.graph_util.extract_sub_graph(model, outputs)
 
 
 def _tag(node, point, pos, prefix):

@@ -11,7 +11,8 @@ from absl import logging
 
 from qat_rewrite.graph.view import subgraph_ops
 from qat_rewrite.layers import kind_of
-from qat_rewrite.passes.rewrite import fold_for_quantization
+from qat_rewrite.passes import settings_record
+from qat_rewrite.passes.rewrite import fold_for_quantization, warn_if_nothing_quantized
 from qat_rewrite.report import LayerReport
 from qat_rewrite.targets.dpu import quantizers, simulate
 from qat_rewrite.targets.dpu.plan import Precision, make_plan
@@ -59,7 +60,12 @@ def rewrite(graph, config, training):
     positions = quantizers.build(graph, plan, training, use_resource, config.adjust_shift_cut,
                                  config.adjust_shift_bias)
     _REWRITES[graph] = Rewritten(plan, positions, training, config)
+    settings_record.record(graph, settings_record.describe(
+        target="dpu", weight_bit=config.weight_bit, activation_bit=config.activation_bit,
+        method=config.method, nodes_bit=list(config.nodes_bit),
+        nodes_method=list(config.nodes_method)))
     _fill_report(report, plan, excluded)
+    warn_if_nothing_quantized(report)
     logging.info("%s (%.2f s)", report.summary(), time.perf_counter() - started)
     return report
 
@@ -85,6 +91,10 @@ def _check(graph, config):
     if rank is not None and rank != len(shape):
       raise ValueError("QuantizeConfig.input_shapes: %r has rank %d but input node %r outputs "
                        "rank %d" % (list(shape), len(shape), name, rank))
+    static = op.outputs[0].shape.as_list() if rank is not None else [None] * len(shape)
+    if any(want not in (-1, have) and have is not None for want, have in zip(shape, static)):
+      raise ValueError("QuantizeConfig.input_shapes: %r does not fit input node %r, whose shape "
+                       "is %s" % (list(shape), name, op.outputs[0].shape))
   scope = subgraph_ops(graph, config.input_nodes, config.output_nodes)
   for name in config.output_nodes:
     if graph.get_operation_by_name(name) not in scope:
