@@ -33,6 +33,10 @@ def feed_dict(input_fn, i, graph_placeholders):
         value.shape)):
       raise ValueError("input_fn(%d) feeds %r an array of shape %s; the placeholder's shape is %s"
                        % (i, name, list(value.shape), shape.as_list()))
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+      where = tuple(int(k) for k in np.argwhere(~np.isfinite(value))[0])
+      raise ValueError("input_fn(%d) feeds %r NaN or Inf (first at index %s): calibration "
+                       "ranges would be meaningless" % (i, name, list(where)))
     result[graph_placeholders[op_name]] = value
   return result
 

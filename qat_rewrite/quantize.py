@@ -8,11 +8,18 @@ and run the variable initializer after it: it adds variables (the ranges).
 A "step" for `quant_delay` and `freeze_bn_delay` is one session.run that
 evaluates the rewritten graph: the `fake_quantization_step` counter advances each
 time, as in contrib. `quant_delay=N` keeps the first N runs float.
+
+A rewrite that fails, for whatever reason, leaves the graph exactly as it was.
 """
 
 import tensorflow as tf
 
-from qat_rewrite.passes.rewrite import rewrite
+from qat_rewrite.graph.frozen import resolve_checkpoint
+from qat_rewrite.passes import rewrite as rewrite_pass
+from qat_rewrite.passes import settings_record
+from qat_rewrite.passes.transaction import all_or_nothing
+
+_rewrite = all_or_nothing(rewrite_pass.rewrite)
 
 
 def _graph(input_graph):
@@ -30,12 +37,12 @@ def create_training_graph(input_graph=None, quant_delay=0):
     quant_delay: steps of float training before quantization switches on. 0 (fine-tuning
       a float model, the recommended use) quantizes from the first step.
   """
-  return rewrite(_graph(input_graph), training=True, quant_delay=quant_delay)
+  return _rewrite(_graph(input_graph), training=True, quant_delay=quant_delay)
 
 
 def create_eval_graph(input_graph=None):
   """Rewrites an eval graph built with training=False: same variables, no range updates."""
-  return rewrite(_graph(input_graph), training=False)
+  return _rewrite(_graph(input_graph), training=False)
 
 
 def experimental_create_training_graph(input_graph=None, weight_bits=8, activation_bits=8,
@@ -53,7 +60,7 @@ def experimental_create_training_graph(input_graph=None, weight_bits=8, activati
     per_channel_weights: one range per output channel for conv, depthwise and matmul
       weights (not in contrib; TFLite int8 and most accelerators support it).
   """
-  return rewrite(_graph(input_graph), training=True, weight_bits=weight_bits,
+  return _rewrite(_graph(input_graph), training=True, weight_bits=weight_bits,
                  activation_bits=activation_bits, symmetric=symmetric, quant_delay=quant_delay,
                  freeze_bn_delay=freeze_bn_delay, scope=scope, per_channel=per_channel_weights)
 
@@ -62,6 +69,18 @@ def experimental_create_eval_graph(input_graph=None, weight_bits=8, activation_b
                                    symmetric=False, quant_delay=None, scope=None,
                                    per_channel_weights=False):
   """Eval rewrite with every option; use the same options as the training rewrite."""
-  return rewrite(_graph(input_graph), training=False, weight_bits=weight_bits,
+  return _rewrite(_graph(input_graph), training=False, weight_bits=weight_bits,
                  activation_bits=activation_bits, symmetric=symmetric, quant_delay=quant_delay,
                  scope=scope, per_channel=per_channel_weights)
+
+
+def check_checkpoint(checkpoint, input_graph=None):
+  """Raises ValueError if `checkpoint` was trained with other settings (bits, symmetric,
+  per-channel) than `input_graph` (the default graph if None) was rewritten with.
+
+  A Saver restores such a checkpoint without complaint; the exporters call this check
+  themselves. `checkpoint`: a directory (its latest checkpoint) or a prefix.
+  """
+  prefix = resolve_checkpoint(checkpoint)
+  settings_record.check_checkpoint(settings_record.recorded(_graph(input_graph)),
+                                   tf.train.load_checkpoint(prefix), prefix)

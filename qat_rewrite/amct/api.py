@@ -9,6 +9,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from qat_rewrite.passes.transaction import all_or_nothing
 from qat_rewrite.targets.ascend import calibrate, config, export, retrain
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -58,8 +59,9 @@ def create_quant_retrain_model(graph, config_file, record_file):
   the op that writes the record file when run (`retrain_ops[-1]`); `.report` on the list says
   what was quantized and what stayed float.
   """
-  return retrain.rewrite(_graph(graph), _path("config_file", config_file, must_exist=True),
-                         _path("record_file", record_file))
+  return all_or_nothing(retrain.rewrite)(
+      _graph(graph), _path("config_file", config_file, must_exist=True),
+      _path("record_file", record_file))
 
 
 def save_quant_retrain_model(pb_model, outputs, record_file, save_path):
@@ -95,9 +97,9 @@ def quantize_model(graph, config_file, record_file):
   Then initialise the variables and run exactly `batch_num` inference batches: the record file
   is written after the last one.
   """
-  added, report = calibrate.rewrite(_graph(graph), _path("config_file", config_file,
-                                                          must_exist=True),
-                                    _path("record_file", record_file))
+  added, report = all_or_nothing(calibrate.rewrite)(
+      _graph(graph), _path("config_file", config_file, must_exist=True),
+      _path("record_file", record_file))
   logging.info("%s", report.summary())
   return added
 

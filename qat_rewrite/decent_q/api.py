@@ -7,6 +7,7 @@ quantized and what stayed float. The config is never changed.
 import tensorflow as tf
 
 from qat_rewrite.decent_q.config import QuantizeConfig
+from qat_rewrite.passes.transaction import all_or_nothing
 from qat_rewrite.targets.dpu import calibrate, deploy, rewrite
 
 
@@ -26,7 +27,7 @@ def CreateQuantizeTrainingGraph(graph=None, config=None):  # noqa: N802 (decent_
   variables (the rewrite adds position histograms). Batch norms after conv, depthwise,
   transpose conv and dense layers are folded; positions follow each batch.
   """
-  return rewrite.rewrite(*_graph_and_config(graph, config), training=True)
+  return all_or_nothing(rewrite.rewrite)(*_graph_and_config(graph, config), training=True)
 
 
 def CreateQuantizeEvaluationGraph(graph=None, config=None):  # noqa: N802
@@ -35,7 +36,7 @@ def CreateQuantizeEvaluationGraph(graph=None, config=None):  # noqa: N802
   Restore the QAT checkpoint into it: activations use their most frequent training position,
   weights and biases the position of their values, adjusted to the DPU's shift limits.
   """
-  return rewrite.rewrite(*_graph_and_config(graph, config), training=False)
+  return all_or_nothing(rewrite.rewrite)(*_graph_and_config(graph, config), training=False)
 
 
 def CreateQuantizeDeployGraph(graph=None, checkpoint="", config=None, fixneuron_model=True):  # noqa: N802

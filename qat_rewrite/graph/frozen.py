@@ -11,6 +11,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 from google.protobuf import message
+from tensorflow.python.framework import op_def_registry
 
 from qat_rewrite.passes import settings_record
 
@@ -33,7 +34,22 @@ def load_graph_def(path):
     raise ValueError("%r is not a binary GraphDef (.pb): %s" % (path, e)) from e
   if not graph_def.node:
     raise ValueError("%r holds no graph nodes: is it a binary GraphDef (.pb)?" % path)
+  _check_ops_known(graph_def, path)
   return graph_def
+
+
+def _check_ops_known(graph_def, path):
+  """ValueError naming the nodes whose op type this TensorFlow has not registered."""
+  functions = {f.signature.name for f in graph_def.library.function}
+  unknown = {}
+  for node in graph_def.node:
+    if node.op not in functions and op_def_registry.get(node.op) is None:
+      unknown.setdefault(node.op, node.name)
+  if unknown:
+    raise ValueError("%r uses op types TensorFlow %s does not know: %s. Was it written with "
+                     "custom ops or a newer TensorFlow? Load the library that registers them "
+                     "(tf.load_op_library) first" % (path, tf.__version__, ", ".join(
+                         "%s (node %r)" % item for item in sorted(unknown.items()))))
 
 
 def resolve_checkpoint(checkpoint):

@@ -104,7 +104,7 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
   report.layers, report.other_quantizers = layers, others
   report.float_ops.extend(float_ops)
   if layers or others:
-    settings_record.record(graph, settings_text)
+    settings_record.record(graph, settings_text, training, use_resource)
   warn_if_nothing_quantized(report)
 
   logging.info("%s (%.2f s)", report.summary(), time.perf_counter() - started)

@@ -1,18 +1,22 @@
-"""The settings a graph was rewritten with, saved in its checkpoints and checked on restore.
+"""The settings a graph was rewritten with, saved in training checkpoints and checked against.
 
 An eval graph rewritten with other settings than the training graph (4-bit training, 8-bit
 eval; per-channel training, per-tensor eval) restores the training checkpoint without a word
 in contrib and decent_q, and then quantizes with ranges that mean something else. Here each
-rewrite records its settings as a string in the graph (`qat_rewrite/settings`); the default
-`tf.compat.v1.train.Saver` writes it into the checkpoint (a SAVEABLE_OBJECTS entry) and, on
-restore, fails naming both settings when they differ. Exporters reading a checkpoint directly
-check it the same way. A second rewrite of one graph with other settings is refused.
+rewrite records its settings as a string constant, `qat_rewrite/settings_value`. The training
+rewrite also adds a variable, `qat_rewrite/quant_settings`, which every Saver of the global
+variables writes into the checkpoint. Exporters and deploy steps that read a checkpoint compare
+the two and refuse a mismatch naming both; `check_checkpoint` does it on request.
+
+Why not check in `Saver.restore`: a key the restore requires would break restoring checkpoints
+written without it (contrib-era ones, or saved from a var_list), so the eval graph adds none.
+The variable name holds "quant" so var_list filters for float checkpoints skip it.
 """
 
 import tensorflow as tf
-from tensorflow.python.training.saving import saveable_object
 
-KEY = "qat_rewrite/settings"
+VALUE = "qat_rewrite/settings_value"
+VARIABLE = "qat_rewrite/quant_settings"
 
 
 def describe(**settings):
@@ -24,11 +28,11 @@ def recorded(graph):
   """The settings string recorded in `graph` (a tf.Graph or a GraphDef), or None."""
   if isinstance(graph, tf.Graph):
     try:
-      value = graph.get_operation_by_name(KEY).get_attr("value")
+      value = graph.get_operation_by_name(VALUE).get_attr("value")
     except KeyError:
       return None
   else:
-    node = next((n for n in graph.node if n.name == KEY), None)
+    node = next((n for n in graph.node if n.name == VALUE), None)
     if node is None:
       return None
     value = node.attr["value"].tensor
@@ -44,41 +48,26 @@ def refuse_other_settings(graph, settings):
                      % (before, settings))
 
 
-def record(graph, settings):
+def record(graph, settings, training, use_resource):
   """Records `settings` (from `describe`) in `graph`, once; call after the rewrite succeeded."""
   refuse_other_settings(graph, settings)
-  if recorded(graph) is None:
-    with graph.as_default(), graph.name_scope(None):
-      graph.add_to_collection(tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS,
-                              _SettingsSaveable(tf.constant(settings, name=KEY)))
+  if recorded(graph) is not None:
+    return
+  with graph.as_default(), graph.name_scope(None):
+    value = tf.constant(settings, name=VALUE)
+    if training:
+      tf.compat.v1.Variable(value, trainable=False, name=VARIABLE, use_resource=use_resource)
 
 
 def check_checkpoint(settings, reader, checkpoint):
-  """ValueError if the checkpoint (a CheckpointReader) was trained with other `settings`."""
-  if settings is None or not reader.has_tensor(KEY):
+  """ValueError if the checkpoint (a CheckpointReader) was trained with other `settings`.
+
+  A checkpoint without the record (float, contrib-era) passes: nothing to compare.
+  """
+  if settings is None or not reader.has_tensor(VARIABLE):
     return
-  saved = reader.get_tensor(KEY)
+  saved = reader.get_tensor(VARIABLE)
   saved = saved.decode() if isinstance(saved, bytes) else str(saved)
   if saved != settings:
-    raise ValueError(_mismatch(checkpoint, saved, settings))
-
-
-def _mismatch(checkpoint, saved, settings):
-  return ("checkpoint %s was trained with %s, but this graph was rewritten with %s: rewrite the "
-          "eval graph with the training settings" % (checkpoint, saved, settings))
-
-
-class _SettingsSaveable(saveable_object.SaveableObject):
-  """Saves the settings string; restoring compares it with this graph's and fails if unequal."""
-
-  def __init__(self, value):
-    spec = saveable_object.SaveSpec(value, "", KEY, dtype=tf.string)
-    super().__init__(value, [spec], KEY)
-
-  def restore(self, restored_tensors, restored_shapes):
-    saved = restored_tensors[0]
-    return tf.debugging.Assert(
-        tf.equal(saved, self.op),
-        ["qat_rewrite: the checkpoint was trained with", saved, "but this graph was rewritten "
-         "with", self.op, "- rewrite the eval graph with the training settings"],
-        name="check_qat_rewrite_settings")
+    raise ValueError("checkpoint %s was trained with %s, but this graph was rewritten with %s: "
+                     "rewrite it with the training settings" % (checkpoint, saved, settings))

@@ -63,7 +63,7 @@ def rewrite(graph, config, training):
     settings_record.record(graph, settings_record.describe(
         target="dpu", weight_bit=config.weight_bit, activation_bit=config.activation_bit,
         method=config.method, nodes_bit=list(config.nodes_bit),
-        nodes_method=list(config.nodes_method)))
+        nodes_method=list(config.nodes_method)), training, use_resource)
     _fill_report(report, plan, excluded)
     warn_if_nothing_quantized(report)
     logging.info("%s (%.2f s)", report.summary(), time.perf_counter() - started)
