@@ -11,7 +11,7 @@ import tensorflow as tf
 import ascend_models
 import builders
 import dpu_models
-from qat_rewrite import amct, cli, decent_q, quantize
+from qat_rewrite import amct, cli, decent_q, files, quantize
 from qat_rewrite.export import to_tflite
 from qat_rewrite.passes import rewrite as rewrite_pass
 from qat_rewrite.targets.ascend import retrain
@@ -286,3 +286,10 @@ def test_a_full_disk_leaves_no_partial_output(cli_dir, capsys, monkeypatch):
   err = _one_line_error(capsys, _quantize_argv("dpu"))
   assert "No space left on device" in err and "nothing was written" in err
   assert not (cli_dir / "out").exists()
+
+
+def test_an_output_dir_without_write_permission_is_refused(tmp_path, monkeypatch):
+  monkeypatch.setattr(files.os, "access", lambda path, mode: False)  # tests may run as root
+  with pytest.raises(OSError, match="output_dir .*out' is not writable"):
+    files.write_all(str(tmp_path / "out"), {"model.pb": b"bytes"})
+  assert os.listdir(tmp_path) == []
