@@ -6,6 +6,7 @@ to what the outputs need, and learns from the FakeQuant ops where the quantized 
 the input ranges are. Bad input is refused here, before any file is touched.
 """
 
+import copy
 import os
 
 import tensorflow as tf
@@ -13,6 +14,7 @@ import tensorflow as tf
 from qat_rewrite.graph.frozen import (VARIABLE_TYPES, constants_from_checkpoint,
                                       resolve_checkpoint)
 from qat_rewrite.graph.frozen import load_graph_def as load_graph_file
+from qat_rewrite.quant.pool_rounding import TIES_NUDGE
 
 FAKE_QUANT_TYPES = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel",
                     "FakeQuantWithMinMaxArgs")
@@ -52,6 +54,21 @@ def freeze(model, output_nodes, checkpoint=None):
   return constants_from_checkpoint(graph_def, resolve_checkpoint(checkpoint), output_nodes)
 
 
+def without_ties_nudges(graph_def, output_nodes):
+  """The frozen eval `graph_def` for a converter: each AvgPool ties nudge bypassed (the
+  exported model pools its integers itself, see qat_rewrite.quant.pool_rounding), cut to
+  `output_nodes`. The eval graph, the reference of the agreement checks, keeps them."""
+  nudges = {n.name: n.input[0] for n in graph_def.node
+            if n.name.endswith("/" + TIES_NUDGE) and n.op in ("Add", "AddV2")}
+  if nudges:
+    graph_def = copy.deepcopy(graph_def)
+    for node in graph_def.node:
+      for i, name in enumerate(node.input):
+        if name in nudges or name.endswith(":0") and name[:-2] in nudges:
+          node.input[i] = nudges[name.split(":")[0]]
+  return tf.compat.v1.graph_util.extract_sub_graph(graph_def, list(output_nodes))
+
+
 def node_name(tensor_or_node):
   """'a/b:0' and '^a/b' -> 'a/b'."""
   return tensor_or_node.lstrip("^").split(":")[0]
@@ -74,7 +91,8 @@ def quantized_output(graph_def, name):
   readers = consumers(graph_def)
   current = nodes[name]
   while current.op not in FAKE_QUANT_TYPES:
-    nexts = [c for c in readers.get(current.name, []) if c.op in FAKE_QUANT_TYPES + _ALIAS_TYPES]
+    nexts = [c for c in readers.get(current.name, []) if c.op in FAKE_QUANT_TYPES + _ALIAS_TYPES
+             or c.name.endswith("/" + TIES_NUDGE)]
     if len(nexts) != 1:
       return name
     current = nexts[0]

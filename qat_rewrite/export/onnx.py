@@ -56,7 +56,8 @@ def to_onnx(model, output_path, input_nodes, output_nodes, checkpoint=None, inpu
   output_path = arguments.check_output_path(output_path)
   graph_def, input_nodes, quantized_outputs, ranges = arguments.prepare(
       model, input_nodes, output_nodes, checkpoint, input_ranges)
-  with_input_quant = _quantize_inputs(graph_def, ranges)
+  with_input_quant = _quantize_inputs(frozen.without_ties_nudges(graph_def, quantized_outputs),
+                                      ranges)
   try:
     model_proto, _ = tf2onnx.convert.from_graph_def(
         with_input_quant, input_names=[n + ":0" for n in input_nodes],

@@ -84,6 +84,7 @@ def quantized_input_stats(value_range, inference_type):
 
 
 def _convert(graph_def, input_nodes, output_nodes, ranges, shapes, inference_type):
+  graph_def = frozen.without_ties_nudges(graph_def, output_nodes)
   if inference_type == "int8":
     graph_def = converter_compat.dense_per_channel_as_conv(graph_def, output_nodes)
   converter = tf.compat.v1.lite.TFLiteConverter(

@@ -25,7 +25,7 @@ from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
 from qat_rewrite.passes.fold_batch_norm import folded_away_ops
-from qat_rewrite.quant import fake_quant
+from qat_rewrite.quant import fake_quant, pool_rounding
 from qat_rewrite.report import FloatOp, LayerReport
 
 # The ops of a layer before its residual add and activation, last first.
@@ -189,9 +189,12 @@ def _quantize_pool(view, op, settings, memo, report):
     return
   graph = op.graph
   scope = editor.unique_scope(graph, name)
-  with graph.as_default():
-    quantized = fake_quant.fake_quantize_like(output, quantizer, scope, delay)
-  editor.reroute(output, quantized, view.consumers(output))
+  consumers = view.consumers(output)
+  kernel = op.get_attr("ksize")
+  with graph.as_default(), graph.name_scope(scope):
+    nudged = pool_rounding.round_ties_away_from_zero(output, quantizer, kernel[1] * kernel[2])
+    quantized = fake_quant.fake_quantize_like(nudged, quantizer, scope, delay)
+  editor.reroute(output, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
 
 

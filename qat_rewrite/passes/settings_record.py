@@ -13,6 +13,7 @@ written without it (contrib-era ones, or saved from a var_list), so the eval gra
 The variable name holds "quant" so var_list filters for float checkpoints skip it.
 """
 
+import numpy as np
 import tensorflow as tf
 
 VALUE = "qat_rewrite/settings_value"
@@ -54,9 +55,14 @@ def record(graph, settings, training, use_resource):
   if recorded(graph) is not None:
     return
   with graph.as_default(), graph.name_scope(None):
-    value = tf.constant(settings, name=VALUE)
-    if training:
-      tf.compat.v1.Variable(value, trainable=False, name=VARIABLE, use_resource=use_resource)
+    tf.constant(settings, name=VALUE)
+    if training:  # int32 character codes: tf.distribute and GPUs have no string variables
+      tf.compat.v1.Variable(_codes(settings), trainable=False, name=VARIABLE,
+                            use_resource=use_resource)
+
+
+def _codes(text):
+  return np.array([ord(c) for c in text], np.int32)
 
 
 def check_checkpoint(settings, reader, checkpoint):
@@ -66,8 +72,7 @@ def check_checkpoint(settings, reader, checkpoint):
   """
   if settings is None or not reader.has_tensor(VARIABLE):
     return
-  saved = reader.get_tensor(VARIABLE)
-  saved = saved.decode() if isinstance(saved, bytes) else str(saved)
+  saved = "".join(map(chr, reader.get_tensor(VARIABLE)))
   if saved != settings:
     raise ValueError("checkpoint %s was trained with %s, but this graph was rewritten with %s: "
                      "rewrite it with the training settings" % (checkpoint, saved, settings))
