@@ -12,14 +12,18 @@ time, as in contrib. `quant_delay=N` keeps the first N runs float.
 A rewrite that fails, for whatever reason, leaves the graph exactly as it was.
 """
 
+import functools
+
 import tensorflow as tf
 
+from qat_rewrite import distribute
 from qat_rewrite.graph.frozen import resolve_checkpoint
 from qat_rewrite.passes import rewrite as rewrite_pass
 from qat_rewrite.passes import settings_record
 from qat_rewrite.passes.transaction import all_or_nothing
 
-_rewrite = all_or_nothing(rewrite_pass.rewrite)
+# Inside a tf.distribute replica function the rewrite runs once, for every replica's tower.
+_rewrite = functools.partial(distribute.run_once, all_or_nothing(rewrite_pass.rewrite))
 
 
 def _graph(input_graph):

@@ -3,9 +3,20 @@
 Knows nothing about patterns or layers. The range variables are named as
 tf.contrib.quantize named them (`<scope>/min`, `<scope>/max`), so contrib-era eval
 checkpoints restore; a moving average adds `<scope>/local_step`.
+
+Under tf.distribute (MirroredStrategy, MultiWorkerMirroredStrategy) in graph mode, replica k > 0
+builds its tower under `replica_<k>/`. Its quantizers create no variables: they read the range of
+the first replica's quantizer of the same name, after its update. So every replica quantizes on
+one grid, the ranges learn from the first replica's data (ONLY_FIRST_REPLICA), and the update,
+built outside any replica context, writes every mirrored copy alike. With several workers, each
+worker's graph has its own first replica; their batch ranges are averaged before the update.
 """
 
+import contextlib
+import re
+
 import tensorflow as tf
+from absl import logging
 
 from qat_rewrite.quant.spec import LAST_VALUE
 
@@ -58,7 +69,29 @@ def new_variable(name, shape, dtype, init, scope, use_resource=None):
         _initial_value(graph, init, dtype, shape), trainable=False,
         name=name, use_resource=use_resource,
         collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES],
-        aggregation=tf.VariableAggregation.MEAN)
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+
+# The name scope tf.distribute gives replica k > 0's tower in graph mode.
+_REPLICA_SCOPE = re.compile(r"(^|/)replica_[1-9][0-9]*/")
+
+
+def _first_replica_range(graph, var_scope):
+  """(min, max) read by the first replica's quantizer for the tower quantizer `var_scope`
+  (`replica_<k>/<name>` -> `<name>`), or None: one range shared by all replicas."""
+  first_scope, replicas = _REPLICA_SCOPE.subn(r"\1", var_scope + "/", count=1)
+  if not replicas:
+    return None
+  for op_type in ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"):
+    try:
+      quantizer = graph.get_operation_by_name(first_scope + op_type)
+    except KeyError:
+      continue
+    return quantizer.inputs[1], quantizer.inputs[2]
+  logging.warning("%s looks like a tf.distribute replica's quantizer, but the first replica has "
+                  "no quantizer %s: it gets range variables of its own", var_scope,
+                  first_scope.rstrip("/"))
+  return None
 
 
 def _batch_range(x, spec, channels, nonnegative):
@@ -89,8 +122,27 @@ def _read_after(var, update):
     return var.value()
 
 
+def _across_workers(range_min, range_max):
+  """The batch range averaged over the workers of a multi-worker strategy (one all-reduce), so
+  that each worker's first replica makes the same update; unchanged on one worker."""
+  if not tf.distribute.has_strategy():
+    return range_min, range_max
+  strategy = tf.distribute.get_strategy()
+  local_replicas = len(strategy.extended.worker_devices)
+  if strategy.num_replicas_in_sync == local_replicas:
+    return range_min, range_max
+  both = tf.stack([range_min, range_max], name="BatchRange")
+  # Every local replica contributes this worker's range: the mean weighs workers equally. The
+  # graph-mode (V1) strategies lack the public form of this call.
+  extended = strategy.extended
+  per_replica = getattr(strategy, "experimental_distribute_values_from_function", None) or (
+      extended._experimental_distribute_values_from_function)  # pylint: disable=protected-access
+  mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica(lambda _: both), axis=None)
+  return mean[0], mean[1]
+
+
 def _updated_range(x, spec, min_var, max_var, channels, use_resource, nonnegative):
-  range_min, range_max = _batch_range(x, spec, channels, nonnegative)
+  range_min, range_max = _across_workers(*_batch_range(x, spec, channels, nonnegative))
   if spec.tracker == LAST_VALUE:
     return (_assign(min_var, range_min, "AssignMinLast"),
             _assign(max_var, range_max, "AssignMaxLast"))
@@ -130,21 +182,26 @@ def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reache
   """
   graph = x.graph
   var_scope = scope.rstrip("/")
-  with graph.name_scope(scope):
+  shared = _first_replica_range(graph, var_scope)
+  # A replica's quantizer runs on its tower's device (the rewrite itself runs outside replicas).
+  with graph.name_scope(scope), (tf.device(x.device) if shared else contextlib.nullcontext()):
     source = x
     if spec.per_channel and per_channel_shape is not None:
       source = tf.reshape(x, per_channel_shape, name="per_channel_reshape")
     channels = source.shape[-1] if spec.per_channel else None
     shape = [channels] if channels else []
-    min_var = new_variable("min", shape, tf.float32, spec.init_min, var_scope, use_resource)
-    max_var = new_variable("max", shape, tf.float32, spec.init_max, var_scope, use_resource)
-    updates = (None, None)
-    if training:
-      updates = _updated_range(source, spec, min_var, max_var, channels, use_resource, nonnegative)
+    if shared is None:
+      min_var = new_variable("min", shape, tf.float32, spec.init_min, var_scope, use_resource)
+      max_var = new_variable("max", shape, tf.float32, spec.init_max, var_scope, use_resource)
+      updates = (None, None)
+      if training:
+        updates = _updated_range(source, spec, min_var, max_var, channels, use_resource,
+                                 nonnegative)
     fake_quant_op = (tf.quantization.fake_quant_with_min_max_vars_per_channel if channels
                      else tf.quantization.fake_quant_with_min_max_vars)
     with tf.name_scope("FakeQuantWithMinMaxVars" + ("PerChannel" if channels else "")) as op_name:
-      range_min, range_max = _read_after(min_var, updates[0]), _read_after(max_var, updates[1])
+      range_min, range_max = shared or (_read_after(min_var, updates[0]),
+                                        _read_after(max_var, updates[1]))
       quantized = fake_quant_op(source, range_min, range_max, num_bits=spec.bits,
                                 narrow_range=spec.narrow_range, name=op_name)
     if source is not x:
