@@ -51,7 +51,8 @@ def create_eval_graph(input_graph=None):
 
 def experimental_create_training_graph(input_graph=None, weight_bits=8, activation_bits=8,
                                        symmetric=False, quant_delay=0, freeze_bn_delay=None,
-                                       scope=None, per_channel_weights=False):
+                                       scope=None, per_channel_weights=False,
+                                       quantize_inputs=False):
   """Training rewrite with every option.
 
   Args:
@@ -63,19 +64,24 @@ def experimental_create_training_graph(input_graph=None, weight_bits=8, activati
     scope: only ops whose names start with this scope are folded and quantized.
     per_channel_weights: one range per output channel for conv, depthwise and matmul
       weights (not in contrib; TFLite int8 and most accelerators support it).
+    quantize_inputs: a layer reading a tensor no quantizer covers (the model input) gets an
+      input quantizer, `<layer>/input_quant`, with a learned range, as the int8 model is fed
+      integers (not in contrib). Use it for TFLite export: the exported integers then match
+      the eval graph's more closely, and the range becomes the model's input range.
   """
   return _rewrite(_graph(input_graph), training=True, weight_bits=weight_bits,
                  activation_bits=activation_bits, symmetric=symmetric, quant_delay=quant_delay,
-                 freeze_bn_delay=freeze_bn_delay, scope=scope, per_channel=per_channel_weights)
+                 freeze_bn_delay=freeze_bn_delay, scope=scope, per_channel=per_channel_weights,
+                 quantize_inputs=quantize_inputs)
 
 
 def experimental_create_eval_graph(input_graph=None, weight_bits=8, activation_bits=8,
                                    symmetric=False, quant_delay=None, scope=None,
-                                   per_channel_weights=False):
+                                   per_channel_weights=False, quantize_inputs=False):
   """Eval rewrite with every option; use the same options as the training rewrite."""
   return _rewrite(_graph(input_graph), training=False, weight_bits=weight_bits,
                  activation_bits=activation_bits, symmetric=symmetric, quant_delay=quant_delay,
-                 scope=scope, per_channel=per_channel_weights)
+                 scope=scope, per_channel=per_channel_weights, quantize_inputs=quantize_inputs)
 
 
 def check_checkpoint(checkpoint, input_graph=None):

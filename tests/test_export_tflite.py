@@ -46,9 +46,10 @@ def data(count, seed, split=0):
   return x[start:start + count], y[start:start + count]
 
 
-def qat_checkpoint(directory, per_channel, steps=150):
+def qat_checkpoint(directory, per_channel, steps=150, quantize_inputs=False):
   """Trains the rewritten CNN a few steps; returns the eval graph rewritten the same way."""
-  options = dict(symmetric=per_channel, per_channel_weights=per_channel)
+  options = dict(symmetric=per_channel, per_channel_weights=per_channel,
+                 quantize_inputs=quantize_inputs)
   with tf.Graph().as_default() as graph:
     v1.set_random_seed(0)
     images, logits = build_cnn(training=True)
@@ -253,3 +254,23 @@ def test_average_pool_ties_round_as_tflite_rounds_them(tmp_path):
   # 98.9% when the pool's FakeQuant rounded ties up; what is left comes from the conv, whose
   # float sums land within 1e-3 of a step of a tie on a few outputs (TFLite sums integers).
   assert agreement.equal_share >= 0.999 and agreement.max_lsb <= 1, agreement
+
+
+def test_quantize_inputs_learns_the_input_range_and_the_export_uses_it(tmp_path, caplog):
+  """With quantize_inputs the first conv reads its input on a learned, asymmetric grid (even
+  with symmetric=True), so its bias is rounded as TFLite rounds it; the converter takes that
+  range for the model input, and a different input_ranges is ignored with a warning."""
+  graph = qat_checkpoint(str(tmp_path), per_channel=True, quantize_inputs=True)
+  fq = graph.get_operation_by_name("model/conv1/input_quant/FakeQuantWithMinMaxVars")
+  assert fq.inputs[0].op.name == "images"
+  assert graph.get_operation_by_name("model/conv1/Conv2D").inputs[0] is fq.outputs[0]
+  result = to_tflite(graph, str(tmp_path / "model.tflite"), ["images"], [OUTPUT],
+                     checkpoint=str(tmp_path), input_ranges={"images": (0.0, 2.0)})
+  assert "input_ranges['images'] = (0.0, 2.0) ignored" in caplog.text
+  low, high = result.input_ranges["images"]
+  assert low == 0.0 and 0.98 < high <= 1.0  # learned from digits in [0, 1]
+  _, inputs, _ = tensor_details(result.path)
+  assert inputs[0]["quantization"] == pytest.approx((high / 255, -128), rel=1e-5)
+  images, _ = data(200, seed=0, split=1)
+  (agreement,) = compare_tflite(result, {"images": images}).values()
+  assert agreement.equal_share >= 0.999 and agreement.max_lsb <= 1, agreement  # 100% measured

@@ -1,8 +1,9 @@
 """QAT of the MNIST CNN with qat_rewrite.quantize, exported as a fully int8 TFLite model.
 
-Trains in float, fine-tunes with quantization (symmetric, per-channel weights: what int8
-TFLite wants), exports the eval graph with qat_rewrite.export.to_tflite, scores float and
-TFLite on 1,000 held-out digits, and exits 1 if TFLite is more than 1 point below float.
+Trains in float, fine-tunes with quantization (symmetric, per-channel weights and a learned
+input range: what int8 TFLite wants), exports the eval graph with qat_rewrite.export.to_tflite,
+scores float and TFLite on 1,000 held-out digits, and exits 1 if TFLite is more than 1 point
+below float.
 
   python examples/tflite/train.py [--workdir DIR] [--float_steps N] [--qat_steps N] [--seed S]
 """
@@ -32,7 +33,7 @@ from qat_rewrite.export import agreement, compare_tflite, to_tflite  # noqa: E40
 
 v1 = tf.compat.v1
 MAX_DROP_POINTS = 1.0
-OPTIONS = dict(symmetric=True, per_channel_weights=True)
+OPTIONS = dict(symmetric=True, per_channel_weights=True, quantize_inputs=True)
 
 
 def parse_args(argv=None):
@@ -110,13 +111,13 @@ def main(argv=None):
   float_ckpt = train(train_data, args, args.float_steps, 1e-3, False,
                      save=os.path.join(workdir, "float", "model.ckpt"))
   float_acc = float_accuracy(float_ckpt, test_data)
-  print("== QAT fine-tuning: %d steps, symmetric, per-channel weights" % args.qat_steps)
+  print("== QAT fine-tuning: %d steps, symmetric, per-channel weights, quantized input"
+        % args.qat_steps)
   train(train_data, args, args.qat_steps, 1e-4, True, restore=float_ckpt,
         save=os.path.join(workdir, "qat", "model.ckpt"))
   print("== Export")
   export = to_tflite(eval_graph(), os.path.join(workdir, "model.tflite"), [INPUT_NODE],
-                     [OUTPUT_NODE], checkpoint=os.path.join(workdir, "qat"),
-                     input_ranges={INPUT_NODE: (0.0, 1.0)})
+                     [OUTPUT_NODE], checkpoint=os.path.join(workdir, "qat"))
   tflite_acc, agree = tflite_accuracy(export, test_data)
   print("\n== Results (%.0f s), %d held-out digits" % (time.time() - start, len(test_data[0])))
   print("  float accuracy            : %.2f%%" % float_acc)

@@ -5,6 +5,9 @@ Everything here runs before any conversion, so bad input fails fast and writes n
 
 import os
 
+import numpy as np
+from absl import logging
+
 from qat_rewrite import files
 from qat_rewrite.export import frozen
 
@@ -66,7 +69,14 @@ def input_ranges(graph_def, input_nodes, given):
                      % (", ".join(map(repr, unknown)), input_nodes))
   ranges = {}
   for name in input_nodes:
-    value_range = given.get(name) or frozen.input_fake_quant_range(graph_def, name)
+    learned = frozen.input_fake_quant_range(graph_def, name)
+    if learned is not None:  # the converter takes the input's FakeQuant range, nudged to hold 0
+      value_range = (min(float(learned[0]), 0.0), max(float(learned[1]), 0.0))
+      if name in given and not np.allclose(given[name], value_range, rtol=0, atol=1e-6):
+        logging.warning("input_ranges[%r] = %r ignored: the input's FakeQuant (input_quant) has "
+                        "the range %r, which the converter uses", name, given[name], value_range)
+    else:
+      value_range = given.get(name)
     if value_range is None:
       raise ValueError("input %r has no FakeQuant range: pass input_ranges={%r: (min, max)}, "
                        "the float range of the values it is fed (e.g. (0.0, 1.0) for images "

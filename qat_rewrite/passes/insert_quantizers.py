@@ -15,6 +15,7 @@ import dataclasses
 from typing import Callable
 
 import numpy as np
+import tensorflow as tf
 
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.matcher import find_matches
@@ -49,6 +50,7 @@ class Settings:
   excluded: dict  # layer op -> why it stays float
   delay_reached: Callable  # name -> scalar bool tensor, or None without quant_delay
   use_resource: bool  # quantizer variables match the graph's own (resource or ref)
+  quantize_inputs: bool = False  # layers reading unquantized tensors get an input quantizer
 
 
 def insert_quantizers(graph, settings, folded):
@@ -85,6 +87,8 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
   kind = kind_of(layer)
   report = LayerReport(layer=layer.name, kind=kind.name, folded_batch_norm=folded.get(layer.name))
   _quantize_weights(view, layer, kind, settings, quantized_weights, report)
+  if settings.quantize_inputs:
+    _quantize_model_input(view, layer.inputs[kind.data_input], layer, settings, report)
   ctx = context(layer)
   last = next(m.op(role) for role in _CHAIN_ROLES_LAST_FIRST if m.has(role))
   if m.has("bypass"):
@@ -151,6 +155,26 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None)
   return quantized
 
 
+def _quantize_model_input(view, tensor, layer, settings, report):
+  """With `quantize_inputs`, a layer reading a tensor no quantizer covers (the model input, or
+  preprocessing of it) gets `<layer>/input_quant` on it: the int8 model is fed integers, and
+  the layer's bias is then rounded to TFLite's grid too. Constants are left alone."""
+  if _input_quantizer(tensor)[0] is not None or view.followed_by_fake_quant(tensor):
+    return
+  if _reaches_fake_quant(tensor, {}) or constant_value(tensor) is not None:
+    return
+  scope = editor.unique_scope(tensor.graph, join(context(layer), "input_quant"))
+  with tensor.graph.as_default():
+    # Asymmetric whatever `symmetric` says: TFLite's int8 inputs have a zero point, and an
+    # image in [0, 1] would lose a bit to a symmetric range.
+    spec = dataclasses.replace(settings.activation_spec(), symmetric=False)
+    quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.training,
+                                         delay_reached=settings.delay_reached(scope + "activate_quant"),
+                                         use_resource=settings.use_resource)
+  editor.reroute(tensor, quantized, view.consumers(tensor))
+  report.quantizers.append(scope.rstrip("/"))
+
+
 def _quantize_generic_ops(graph, settings, layer_ops):
   """Add/Mul ops fed by quantized tensors get an output quantizer (squeeze-excite, scaling),
   and so do pools of quantized tensors; in graph order, so a pool sees its input's quantizer."""
@@ -177,7 +201,8 @@ def _quantize_pool(view, op, settings, memo, report):
   Mean (global average pooling) is requantized to a scale of its own: a new moving-average range.
   """
   output = op.outputs[0]
-  if view.followed_by_fake_quant(output):
+  if view.followed_by_fake_quant(output) or any(
+      c.name.endswith("/" + pool_rounding.TIES_NUDGE) for c in output.consumers()):
     return
   name = join(op.name, "activation_%s_quant" % op.type)
   if op.type == "Mean":
@@ -193,7 +218,9 @@ def _quantize_pool(view, op, settings, memo, report):
   kernel = op.get_attr("ksize")
   with graph.as_default(), graph.name_scope(scope):
     nudged = pool_rounding.round_ties_away_from_zero(output, quantizer, kernel[1] * kernel[2])
-    quantized = fake_quant.fake_quantize_like(nudged, quantizer, scope, delay)
+    quantized = fake_quant.fake_quantize_like(nudged, quantizer, scope)
+    if delay is not None:  # float until the input's quantizer switches on
+      quantized = tf.where(delay, quantized, output, name="delayed_quant")
   editor.reroute(output, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
 

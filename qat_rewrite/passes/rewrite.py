@@ -73,7 +73,7 @@ def rewrite(graph, *args, **kwargs):
 
 
 def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False, quant_delay=None,
-            freeze_bn_delay=None, scope=None, per_channel=False):
+            freeze_bn_delay=None, scope=None, per_channel=False, quantize_inputs=False):
   """Everything that can be refused is checked before the graph is touched."""
   started = time.perf_counter()
   make_weight_spec = functools.partial(weight_spec, weight_bits, symmetric)
@@ -88,7 +88,7 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
   in_scope = lambda op: not prefix or op.name.startswith(prefix)  # noqa: E731
   settings_text = settings_record.describe(
       target="quantize", weight_bits=weight_bits, activation_bits=activation_bits,
-      symmetric=symmetric, per_channel_weights=per_channel)
+      symmetric=symmetric, per_channel_weights=per_channel, quantize_inputs=bool(quantize_inputs))
   settings_record.refuse_other_settings(graph, settings_text)
 
   report, folded, excluded, use_resource = fold_for_quantization(graph, training, in_scope,
@@ -97,7 +97,7 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
       training=training,
       weight_spec=lambda per_channel=per_channel: make_weight_spec(per_channel=per_channel),
       activation_spec=make_activation_spec, in_scope=in_scope, excluded=excluded,
-      use_resource=use_resource,
+      use_resource=use_resource, quantize_inputs=bool(quantize_inputs),
       delay_reached=lambda name: (fake_quant.step_reached(graph, quant_delay, name, use_resource)
                                   if quant_delay else None))
   layers, others, float_ops = insert_quantizers(graph, settings, folded)

@@ -55,8 +55,11 @@ def _calibrate(graph_def, input_fn, config, prefix):
     rewrite.rewrite(graph, config, training=True)
     plan = rewrite.rewritten(graph).plan
     with tf.name_scope("calibration"):
-      checks = [tf.raw_ops.CheckNumerics(tensor=p.tensor, message="NaN or Inf in " + p.tensor.name)
-                for p in plan.points]
+      checks = []
+      for p in plan.points:  # one after another, so the first bad tensor in graph order is named
+        with tf.control_dependencies(checks[-1:]):
+          checks.append(tf.raw_ops.CheckNumerics(tensor=p.tensor,
+                                                 message="NaN or Inf in " + p.tensor.name))
       step = tf.group([graph.get_tensor_by_name(p.name + ":0").op for p in plan.points] + checks)
     placeholders = calibration_data.placeholders(graph)
     saver = v1.train.Saver()
