@@ -20,8 +20,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis", "matplotlib", "onnx==1.23.2", "onnxruntime==1.31.1",
-                 "tf2onnx==1.17.0"],
+                 "tf2onnx==1.17.0", "tensorflow-model-optimization==0.8.1"],
         "report": ["matplotlib"],
+        "bench": ["matplotlib", "tensorflow-model-optimization==0.8.1"],
         "onnx": ["onnx==1.23.2", "onnxruntime==1.31.1", "tf2onnx==1.17.0"],
     },
     entry_points={"console_scripts": ["qat_rewrite=qat_rewrite.cli:main"]},
