@@ -3,6 +3,7 @@ and files as they were. Cases already covered beside their feature are listed in
 "Errors and guarantees"; here are the rest, and the all-or-nothing rewrite."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -223,22 +224,29 @@ def test_inf_inside_the_graph_during_calibration_names_the_tensor(tmp_path):
 
 @pytest.fixture
 def cli_dir(tmp_path, monkeypatch):
+  """A directory with model.pb, as the working directory; this module is the CLI's
+  `--input_fn` module `bad_input_data`."""
   (tmp_path / "model.pb").write_bytes(frozen_test_cnn().SerializeToString())
   monkeypatch.chdir(tmp_path)
+  monkeypatch.setitem(sys.modules, "bad_input_data", sys.modules[__name__])
   return tmp_path
 
 
-def _quantize_argv(target, graph="model.pb"):
+def _quantize_argv(target, graph="model.pb", input_fn="nan_input"):
   return ["quantize", "--target", target, "--input_frozen_graph", graph, "--input_nodes",
           "net_in", "--output_nodes", "logits/BiasAdd", "--input_shapes", "?,16,16,3",
-          "--input_fn", "bad_input_data.nan_input", "--calib_iter", "2", "--output_dir", "out"]
+          "--input_fn", "bad_input_data." + input_fn, "--calib_iter", "2", "--output_dir", "out"]
 
 
 def nan_input(i):
-  """Calibration batches with one NaN pixel (the CLI imports this as bad_input_data)."""
-  images = np.random.RandomState(i).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
+  """Calibration batches with one NaN pixel."""
+  images = good_input(i)["raw"]
   images[1, 2, 3, 0] = np.nan
   return {"raw": images}
+
+
+def good_input(i):
+  return {"raw": np.random.RandomState(i).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)}
 
 
 def _one_line_error(capsys, argv):
@@ -249,8 +257,7 @@ def _one_line_error(capsys, argv):
 
 
 @pytest.mark.parametrize("target", ["dpu", "ascend", "tflite"])
-def test_nan_in_calibration_data_is_named_for_every_target(cli_dir, capsys, monkeypatch, target):
-  monkeypatch.setitem(__import__("sys").modules, "bad_input_data", __import__(__name__))
+def test_nan_in_calibration_data_is_named_for_every_target(cli_dir, capsys, target):
   err = _one_line_error(capsys, _quantize_argv(target))
   assert "input_fn(0) feeds 'raw' NaN or Inf (first at index [1, 2, 3, 0])" in err
   assert not (cli_dir / "out").exists()
@@ -269,21 +276,9 @@ def test_a_graph_with_ops_this_tensorflow_does_not_know_is_named(cli_dir, capsys
   assert not (cli_dir / "out").exists()
 
 
-def test_a_full_disk_leaves_no_partial_output(cli_dir, capsys, monkeypatch):
-  monkeypatch.setitem(__import__("sys").modules, "bad_input_data", __import__(__name__))
-  monkeypatch.setattr(__import__("sys").modules[__name__], "nan_input",
-                      lambda i: {"raw": np.full((4, 16, 16, 3), 100.0, np.float32)})
-  real_fdopen, calls = os.fdopen, []
-
-  def failing_fdopen(fd, *args, **kwargs):  # the second file hits a full disk
-    calls.append(fd)
-    if len(calls) == 2:
-      os.close(fd)
-      raise OSError(28, "No space left on device")
-    return real_fdopen(fd, *args, **kwargs)
-
-  monkeypatch.setattr(os, "fdopen", failing_fdopen)
-  err = _one_line_error(capsys, _quantize_argv("dpu"))
+def test_a_full_disk_leaves_no_partial_output(cli_dir, capsys, full_disk):
+  full_disk(2)  # the second file
+  err = _one_line_error(capsys, _quantize_argv("dpu", input_fn="good_input"))
   assert "No space left on device" in err and "nothing was written" in err
   assert not (cli_dir / "out").exists()
 

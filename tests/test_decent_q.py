@@ -377,22 +377,13 @@ def test_output_dir_that_is_a_file_is_refused(deployed, tmp_path):
   assert target.read_text() == "mine"
 
 
-def test_a_failed_write_leaves_no_partial_files(deployed, tmp_path, monkeypatch):
+def test_a_failed_write_leaves_no_partial_files(deployed, tmp_path, full_disk):
   out = tmp_path / "out"
   out.mkdir()
   (out / "deploy_model.pb").write_bytes(b"the user's old file")
   config = dataclasses.replace(deployed["config"], output_dir=str(out))
   graph = _eval_graph(config)
-  real_fdopen, calls = os.fdopen, []
-
-  def failing_fdopen(fd, *args, **kwargs):  # the third file hits a full disk
-    calls.append(fd)
-    if len(calls) == 3:
-      os.close(fd)
-      raise OSError(28, "No space left on device")
-    return real_fdopen(fd, *args, **kwargs)
-
-  monkeypatch.setattr(os, "fdopen", failing_fdopen)
+  full_disk(3)  # the third file
   with graph.as_default(), pytest.raises(OSError, match="No space left on device"):
     decent_q.CreateQuantizeDeployGraph(checkpoint=deployed["ckpt"], config=config)
   assert sorted(os.listdir(out)) == ["deploy_model.pb"]
