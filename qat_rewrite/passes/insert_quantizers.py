@@ -78,7 +78,7 @@ def insert_quantizers(graph, settings, folded):
   # Last: every input quantizer (pools, generic ops) exists by now.
   for m, report in biases:
     report.bias_quantized = _quantize_bias(m.op("layer"), m.op("bias"), m.tensor("bias_value"))
-  float_ops.extend(_lone_batch_norms(view, settings, layer_ops))
+  float_ops.extend(_lone_batch_norms(view, settings, layer_ops, set(folded.values())))
   return reports, others, float_ops
 
 
@@ -306,12 +306,13 @@ def _reaches_fake_quant(tensor, memo):
   return memo[op]
 
 
-def _lone_batch_norms(view, settings, layer_ops):
-  """Batch norms still computing that belong to no layer (e.g. on the model input)."""
+def _lone_batch_norms(view, settings, layer_ops, folded_names):
+  """Batch norms still computing that belong to no layer (e.g. on the model input). A folded
+  one may still feed a leftover op (a dense layer's Reshape back to 2-D): it is not lone."""
   return [FloatOp(op.name, op.type, "batch norm that does not follow a weight layer")
           for op in view.ops
           if op.type in FUSED_BATCH_NORM_TYPES and op not in layer_ops and settings.in_scope(op)
-          and not view.is_dangling(op)]
+          and op.name not in folded_names and not view.is_dangling(op)]
 
 
 def _unmatched_layers(view, matches, settings):
