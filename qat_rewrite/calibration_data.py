@@ -5,6 +5,8 @@ Feeds are checked against the graph's placeholders so a wrong key or shape is na
 deep inside a TensorFlow error.
 """
 
+import re
+
 import numpy as np
 import tensorflow as tf
 
@@ -52,3 +54,13 @@ def input_node_batches(graph_def, input_fn, input_nodes, count):
     with tf.compat.v1.Session() as sess:
       for i in range(count):
         yield sess.run(fetches, feed_dict(input_fn, i, graph_placeholders))
+
+
+def error_reason(error):
+  """The line of a TF error raised while calibrating that says what went wrong (a failed
+  check_numerics names its tensor), without TF's stack of frames."""
+  bad = re.search(r"NaN or Inf in (.+?) : (.*)", error.message)
+  if bad:
+    return "NaN or Inf in %s (%s)" % (bad.group(1), bad.group(2).strip().rstrip("."))
+  lines = [line for line in error.message.splitlines() if line.strip()]
+  return lines[-2] if len(lines) > 1 and lines[-1].strip().startswith("[[") else lines[-1]

@@ -208,10 +208,7 @@ VERBS = ["inspect", "inspect_dpu", "quantize", "quantize_ascend", "quantize_tfli
 @given(data=st.data(), verb=st.sampled_from(VERBS), structural=st.booleans())
 def test_mutated_graph_files_give_a_result_or_one_error_line(workdir, capsys, data, verb,
                                                              structural):
-  # Known bug, excluded here (see the strict xfail below): NaN or Inf weights make
-  # `quantize --target ascend` fail with TF's op stack and a Python traceback in its error line.
-  mutation = edited(workdir["pb"], finite=verb == "quantize_ascend") if structural else (
-      mutated(workdir["pb"]))
+  mutation = edited(workdir["pb"]) if structural else mutated(workdir["pb"])
   content = data.draw(mutation, label="content")
   scratch = tempfile.mkdtemp(dir=workdir["dir"])
   try:
@@ -261,16 +258,13 @@ def _ascend_quantize(workdir, capsys, content):
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ascend calibration of NaN activations fails with "
-                   "a Python traceback inside the error line (targets/ascend/calibrate.py)")
-def test_known_bug_ascend_nan_activations_give_one_clean_error_line(workdir, capsys):
+def test_ascend_nan_activations_give_one_clean_error_line(workdir, capsys):
+  """Found by the fuzz test: a py_func traceback ended up inside the error line."""
   _ascend_quantize(workdir, capsys, _with_weights(workdir, "l0/weights", np.nan))
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")
-@pytest.mark.xfail(strict=True, reason="bug: ascend PTQ writes int8 weights cast from NaN "
-                   "(NaN folded weights pass targets/ascend/numerics.symmetric_scale_np)")
-def test_known_bug_ascend_refuses_nan_weights(workdir, capsys):
+def test_ascend_refuses_nan_weights(workdir, capsys):
+  """Found by the fuzz test: NaN folded weights were cast into int8 with exit 0."""
   status, _ = _ascend_quantize(workdir, capsys,
                                _with_weights(workdir, "l0/BatchNorm/gamma", np.nan))
   assert status == 1

@@ -110,9 +110,13 @@ def rewrite(graph, config_file, record_file, range_method="min_max"):
 def _observe(graph, op, channel_wise, calibration):
   kind = kind_of(op)
   with graph.name_scope("%s/%s/" % (op.name, SCOPE)):
-    x = op.inputs[kind.data_input]
-    scale_w = numerics.weight_scale(op.inputs[kind.weight_input],
-                                    ascend_layers.reduce_axes(op, channel_wise))
+    # A NaN would be cast into the record and the int8 weights (min/max reductions and ReLU
+    # can drop it, so each element is checked): stop instead, naming the layer.
+    x = tf.debugging.check_numerics(op.inputs[kind.data_input],
+                                    "NaN or Inf in the input of layer %s" % op.name)
+    weights = tf.debugging.check_numerics(op.inputs[kind.weight_input],
+                                          "NaN or Inf in the folded weights of layer %s" % op.name)
+    scale_w = numerics.weight_scale(weights, ascend_layers.reduce_axes(op, channel_wise))
     statistics = [tf.reduce_min(x), tf.reduce_max(x), scale_w]
     if calibration.range_method != "min_max":  # the values themselves, one batch at a time
       statistics.append(x)

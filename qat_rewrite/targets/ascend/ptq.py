@@ -29,12 +29,20 @@ def calibrated_contents(pb_path, graph_def, input_fn, output_nodes, calib_iter,
     if not added:
       raise ValueError("%s has no layer AMCT can quantize (conv, depthwise, transpose conv or "
                        "matmul)" % pb_path)
-    outputs = [graph.get_tensor_by_name(name + ":0") for name in output_nodes]
+    with graph.as_default():
+      outputs = [tf.debugging.check_numerics(graph.get_tensor_by_name(name + ":0"),
+                                             "NaN or Inf in output %s" % name)
+                 for name in output_nodes]
     placeholders = calibration_data.placeholders(graph)
     with tf.compat.v1.Session(graph=graph) as sess:
       every = max(1, calib_iter // 10)
       for i in range(calib_iter):
-        sess.run(outputs, calibration_data.feed_dict(input_fn, i, placeholders))
+        feeds = calibration_data.feed_dict(input_fn, i, placeholders)
+        try:
+          sess.run(outputs, feeds)
+        except tf.errors.InvalidArgumentError as e:
+          raise ValueError("calibration batch %d (input_fn(%d)): %s"
+                           % (i, i, calibration_data.error_reason(e))) from e
         if (i + 1) % every == 0 or i + 1 == calib_iter:
           logging.info("calibration: batch %d/%d", i + 1, calib_iter)
     written = export.save_calibrated(pb_path, list(output_nodes), record_file,

@@ -9,7 +9,6 @@ time, so memory does not grow with `calib_iter`.
 """
 
 import os
-import re
 import tempfile
 import time
 
@@ -71,18 +70,9 @@ def _calibrate(graph_def, input_fn, config, prefix):
         try:
           sess.run(step, feeds)
         except tf.errors.InvalidArgumentError as e:
-          raise ValueError("calibration batch %d (input_fn(%d)): %s" % (i, i, _reason(e))) from e
+          raise ValueError("calibration batch %d (input_fn(%d)): %s" % (i, i, calibration_data.error_reason(e))) from e
         del feeds
         if (i + 1) % every == 0 or i + 1 == config.calib_iter:
           logging.info("calibration: batch %d/%d (%.1f s)", i + 1, config.calib_iter,
                        time.time() - started)
       return saver.save(sess, prefix, write_meta_graph=False)
-
-
-def _reason(error):
-  """The line of a TF error that says what went wrong, without TF's stack of frames."""
-  bad = re.search(r"NaN or Inf in (\S+) : (.*)", error.message)
-  if bad:
-    return "NaN or Inf in %s (%s)" % (bad.group(1), bad.group(2).strip().rstrip("."))
-  lines = [line for line in error.message.splitlines() if line.strip()]
-  return lines[-2] if len(lines) > 1 and lines[-1].strip().startswith("[[") else lines[-1]
