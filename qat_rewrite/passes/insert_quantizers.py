@@ -97,7 +97,9 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
     # alone, so a conv output also read by the next block stayed float).
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
                      settings.activation_spec(), report)
-    if not m.has("activation"):
+    # TFLite fuses only ReLU/ReLU6 into ADD (and drops an Identity); before any other
+    # activation (LeakyRelu) the sum is a tensor of its own and needs its own range.
+    if not m.has("activation") or m.op("activation").type not in RELU_TYPES + ("Identity",):
       _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
                        settings.activation_spec(), report)
     ctx = add_ctx
