@@ -140,9 +140,10 @@ def _quantize_weights(view, layer, kind, settings, quantized_weights, report):
   report.quantizers.append(scope.rstrip("/"))
 
 
-def _quantize_output(view, tensor, name, settings, spec, report, consumers=None):
-  """Inserts a quantizer on `tensor` for `consumers` (default: all), unless it has one."""
-  if not settings.in_scope(tensor.op) or view.followed_by_fake_quant(tensor):
+def _quantize_output(view, tensor, name, settings, spec, report, consumers=None, owner=None):
+  """Inserts a quantizer on `tensor` for `consumers` (default: all), unless it has one or its
+  `owner` op (default: the tensor's own) is out of scope."""
+  if not settings.in_scope(owner or tensor.op) or view.followed_by_fake_quant(tensor):
     return None
   consumers = view.consumers(tensor) if consumers is None else consumers
   graph = tensor.graph
@@ -161,20 +162,15 @@ def _quantize_model_input(view, tensor, layer, settings, report):
   """With `quantize_inputs`, a layer reading a tensor no quantizer covers (the model input, or
   preprocessing of it) gets `<layer>/input_quant` on it: the int8 model is fed integers, and
   the layer's bias is then rounded to TFLite's grid too. Constants are left alone."""
-  if _input_quantizer(tensor)[0] is not None or view.followed_by_fake_quant(tensor):
+  if _input_quantizer(tensor)[0] is not None or _reaches_fake_quant(tensor, {}):
     return
-  if _reaches_fake_quant(tensor, {}) or constant_value(tensor) is not None:
+  if constant_value(tensor) is not None:
     return
-  scope = editor.unique_scope(tensor.graph, join(context(layer), "input_quant"))
-  with tensor.graph.as_default():
-    # Asymmetric whatever `symmetric` says: TFLite's int8 inputs have a zero point, and an
-    # image in [0, 1] would lose a bit to a symmetric range.
-    spec = dataclasses.replace(settings.activation_spec(), symmetric=False)
-    quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.training,
-                                         delay_reached=settings.delay_reached(scope + "activate_quant"),
-                                         use_resource=settings.use_resource)
-  editor.reroute(tensor, quantized, view.consumers(tensor))
-  report.quantizers.append(scope.rstrip("/"))
+  # Asymmetric whatever `symmetric` says: TFLite's int8 inputs have a zero point, and an
+  # image in [0, 1] would lose a bit to a symmetric range.
+  spec = dataclasses.replace(settings.activation_spec(), symmetric=False)
+  _quantize_output(view, tensor, join(context(layer), "input_quant"), settings, spec, report,
+                   owner=layer)
 
 
 def _quantize_generic_ops(graph, settings, layer_ops):
