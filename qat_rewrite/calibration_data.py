@@ -56,11 +56,13 @@ def input_node_batches(graph_def, input_fn, input_nodes, count):
         yield sess.run(fetches, feed_dict(input_fn, i, graph_placeholders))
 
 
-def error_reason(error):
-  """The line of a TF error raised while calibrating that says what went wrong (a failed
-  check_numerics names its tensor), without TF's stack of frames."""
+def batch_error(i, error):
+  """A ValueError for the TF error raised by calibration batch `i`: the line that says what went
+  wrong (a failed check_numerics names its tensor), without TF's stack of frames."""
   bad = re.search(r"NaN or Inf in (.+?) : (.*)", error.message)
   if bad:
-    return "NaN or Inf in %s (%s)" % (bad.group(1), bad.group(2).strip().rstrip("."))
-  lines = [line for line in error.message.splitlines() if line.strip()]
-  return lines[-2] if len(lines) > 1 and lines[-1].strip().startswith("[[") else lines[-1]
+    reason = "NaN or Inf in %s (%s)" % (bad.group(1), bad.group(2).strip().rstrip("."))
+  else:
+    lines = [line for line in error.message.splitlines() if line.strip()]
+    reason = lines[-2] if len(lines) > 1 and lines[-1].strip().startswith("[[") else lines[-1]
+  return ValueError("calibration batch %d (input_fn(%d)): %s" % (i, i, reason))

@@ -14,7 +14,7 @@ import tensorflow as tf
 from qat_rewrite.graph.frozen import (VARIABLE_TYPES, constants_from_checkpoint,
                                       resolve_checkpoint)
 from qat_rewrite.graph.frozen import load_graph_def as load_graph_file
-from qat_rewrite.quant.pool_rounding import TIES_NUDGE
+from qat_rewrite.quant.pool_rounding import is_ties_nudge
 
 FAKE_QUANT_TYPES = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel",
                     "FakeQuantWithMinMaxArgs")
@@ -59,7 +59,7 @@ def without_ties_nudges(graph_def, output_nodes):
   exported model pools its integers itself, see qat_rewrite.quant.pool_rounding), cut to
   `output_nodes`. The eval graph, the reference of the agreement checks, keeps them."""
   nudges = {n.name: n.input[0] for n in graph_def.node
-            if n.name.endswith("/" + TIES_NUDGE) and n.op in ("Add", "AddV2")}
+            if is_ties_nudge(n.name) and n.op in ("Add", "AddV2")}
   if nudges:
     graph_def = copy.deepcopy(graph_def)
     for node in graph_def.node:
@@ -92,7 +92,7 @@ def quantized_output(graph_def, name):
   current = nodes[name]
   while current.op not in FAKE_QUANT_TYPES:
     nexts = [c for c in readers.get(current.name, []) if c.op in FAKE_QUANT_TYPES + _ALIAS_TYPES
-             or c.name.endswith("/" + TIES_NUDGE)]
+             or is_ties_nudge(c.name)]
     if len(nexts) != 1:
       return name
     current = nexts[0]

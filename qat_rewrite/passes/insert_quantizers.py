@@ -200,7 +200,7 @@ def _quantize_pool(view, op, settings, memo, report):
   """
   output = op.outputs[0]
   if view.followed_by_fake_quant(output) or any(
-      c.name.endswith("/" + pool_rounding.TIES_NUDGE) for c in output.consumers()):
+      pool_rounding.is_ties_nudge(c.name) for c in output.consumers()):
     return
   name = join(op.name, "activation_%s_quant" % op.type)
   if op.type == "Mean":

@@ -41,8 +41,7 @@ def calibrated_contents(pb_path, graph_def, input_fn, output_nodes, calib_iter,
         try:
           sess.run(outputs, feeds)
         except tf.errors.InvalidArgumentError as e:
-          raise ValueError("calibration batch %d (input_fn(%d)): %s"
-                           % (i, i, calibration_data.error_reason(e))) from e
+          raise calibration_data.batch_error(i, e) from e
         if (i + 1) % every == 0 or i + 1 == calib_iter:
           logging.info("calibration: batch %d/%d", i + 1, calib_iter)
     written = export.save_calibrated(pb_path, list(output_nodes), record_file,

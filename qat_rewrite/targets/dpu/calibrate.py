@@ -70,7 +70,7 @@ def _calibrate(graph_def, input_fn, config, prefix):
         try:
           sess.run(step, feeds)
         except tf.errors.InvalidArgumentError as e:
-          raise ValueError("calibration batch %d (input_fn(%d)): %s" % (i, i, calibration_data.error_reason(e))) from e
+          raise calibration_data.batch_error(i, e) from e
         del feeds
         if (i + 1) % every == 0 or i + 1 == config.calib_iter:
           logging.info("calibration: batch %d/%d (%.1f s)", i + 1, config.calib_iter,
