@@ -52,7 +52,7 @@ def create_eval_graph(input_graph=None):
 def experimental_create_training_graph(input_graph=None, weight_bits=8, activation_bits=8,
                                        symmetric=False, quant_delay=0, freeze_bn_delay=None,
                                        scope=None, per_channel_weights=False,
-                                       quantize_inputs=False):
+                                       quantize_inputs=False, pool_ties="away_from_zero"):
   """Training rewrite with every option.
 
   Args:
@@ -68,20 +68,26 @@ def experimental_create_training_graph(input_graph=None, weight_bits=8, activati
       input quantizer, `<layer>/input_quant`, with a learned range, as the int8 model is fed
       integers (not in contrib). Use it for TFLite export: the exported integers then match
       the eval graph's more closely, and the range becomes the model's input range.
+    pool_ties: how an average pool's exact halves round, as the runtime you export to rounds
+      them: "away_from_zero" (TFLite) or "to_even" (ONNX Runtime). Only the eval graph's
+      numbers depend on it; the exported model is the same either way.
   """
   return _rewrite(_graph(input_graph), training=True, weight_bits=weight_bits,
                  activation_bits=activation_bits, symmetric=symmetric, quant_delay=quant_delay,
                  freeze_bn_delay=freeze_bn_delay, scope=scope, per_channel=per_channel_weights,
-                 quantize_inputs=quantize_inputs)
+                 quantize_inputs=quantize_inputs, pool_ties=pool_ties)
 
 
 def experimental_create_eval_graph(input_graph=None, weight_bits=8, activation_bits=8,
                                    symmetric=False, quant_delay=None, scope=None,
-                                   per_channel_weights=False, quantize_inputs=False):
-  """Eval rewrite with every option; use the same options as the training rewrite."""
+                                   per_channel_weights=False, quantize_inputs=False,
+                                   pool_ties="away_from_zero"):
+  """Eval rewrite with every option; use the same options as the training rewrite
+  (`pool_ties` may differ: one eval graph per export target)."""
   return _rewrite(_graph(input_graph), training=False, weight_bits=weight_bits,
                  activation_bits=activation_bits, symmetric=symmetric, quant_delay=quant_delay,
-                 scope=scope, per_channel=per_channel_weights, quantize_inputs=quantize_inputs)
+                 scope=scope, per_channel=per_channel_weights, quantize_inputs=quantize_inputs,
+                 pool_ties=pool_ties)
 
 
 def check_checkpoint(checkpoint, input_graph=None):

@@ -188,17 +188,16 @@ def test_a_file_that_is_not_a_graph_def_is_refused(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(os.environ.get("QAT_REWRITE_FAST_TESTS") == "1", reason="slow model")
-def test_mobilenet_v2_exports_and_matches_the_eval_graph(tmp_path):
-  """Residual adds whose conv output also feeds the next block, and the global-average-pool
-  Mean, all have ranges: the model is fully integer (to_tflite checks every tensor)."""
+def mobilenet_v2_eval_graph(directory, size=64):
+  """MobileNetV2 (alpha 0.35, random weights) after 3 QAT steps on 4 random images: (eval
+  graph, checkpoint directory, images, output node)."""
   rng = np.random.RandomState(0)
-  images = rng.uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
+  images = rng.uniform(-1, 1, (4, size, size, 3)).astype(np.float32)
 
   def build(training):
-    x = v1.placeholder(tf.float32, [None, 64, 64, 3], name="images")
-    model = tf_keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), alpha=0.35,
-                                              classes=10, classifier_activation=None)
+    x = v1.placeholder(tf.float32, [None, size, size, 3], name="images")
+    model = tf_keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3),
+                                              alpha=0.35, classes=10, classifier_activation=None)
     return x, model(x, training=training)
 
   options = dict(symmetric=True, per_channel_weights=True)
@@ -213,14 +212,21 @@ def test_mobilenet_v2_exports_and_matches_the_eval_graph(tmp_path):
       sess.run(v1.global_variables_initializer())
       for _ in range(3):
         sess.run(train_op, {x: images})
-      v1.train.Saver().save(sess, str(tmp_path / "ckpt" / "model.ckpt"))
+      v1.train.Saver().save(sess, os.path.join(directory, "model.ckpt"))
   tf_keras.backend.clear_session()
   with tf.Graph().as_default() as eval_graph:
     _, logits = build(training=False)
     quantize.experimental_create_eval_graph(eval_graph, **options)
-  result = to_tflite(eval_graph, str(tmp_path / "mobilenet.tflite"), ["images"],
-                     [logits.op.name], checkpoint=str(tmp_path / "ckpt"),
-                     input_ranges={"images": (-1.0, 1.0)})
+  return eval_graph, directory, images, logits.op.name
+
+
+@pytest.mark.skipif(os.environ.get("QAT_REWRITE_FAST_TESTS") == "1", reason="slow model")
+def test_mobilenet_v2_exports_and_matches_the_eval_graph(tmp_path):
+  """Residual adds whose conv output also feeds the next block, and the global-average-pool
+  Mean, all have ranges: the model is fully integer (to_tflite checks every tensor)."""
+  eval_graph, checkpoint, images, output = mobilenet_v2_eval_graph(str(tmp_path))
+  result = to_tflite(eval_graph, str(tmp_path / "mobilenet.tflite"), ["images"], [output],
+                     checkpoint=checkpoint, input_ranges={"images": (-1.0, 1.0)})
   (agreement,) = compare_tflite(result, {"images": images}).values()
   assert agreement.equal_share >= 0.99 and agreement.max_lsb <= 1, agreement
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from qat_rewrite.quant import fake_quant
+from qat_rewrite.quant import fake_quant, pool_rounding
 from qat_rewrite.quant.spec import (LAST_VALUE, MOVING_AVERAGE, QuantSpec, activation_spec,
                                     weight_spec)
 
@@ -249,3 +249,35 @@ def test_delay_counted_in_quantization_steps():
       sess.run(v1.global_variables_initializer())
       quantized = [np.abs(sess.run(y, {x: values}) - values).max() > 1e-4 for _ in range(4)]
   assert quantized == [False, False, False, True]
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 2.55), (-1.28, 1.27), (-6.0, 6.0)])
+@pytest.mark.parametrize("rule", sorted(pool_rounding.RULES))
+def test_pool_ties_round_by_the_rule_and_nothing_else_moves(rule, low, high):
+  """Every 2x2 average an 8-bit grid allows (quarter steps) lands on the integer the runtime
+  gives: ties by `rule`, in the signed domain; other values to the nearest."""
+  scale = (high - low) / 255.0
+  zero_point = np.floor(-low / scale + 0.5)
+  unsigned = np.arange(0.0, 255.0, 0.25)  # every sum of four integers, divided by 4
+  averages = ((unsigned - zero_point) * scale).astype(np.float32)
+  with tf.Graph().as_default():
+    level = tf.compat.v1.placeholder(tf.float32, [None])
+    quantizer = tf.quantization.fake_quant_with_min_max_vars(level, low, high).op
+    nudged = pool_rounding.round_ties(level, quantizer, 4, rule)
+    out = tf.quantization.fake_quant_with_min_max_vars(nudged, low, high)
+    assert pool_rounding.rule_of(nudged.op.name) == rule
+    with tf.compat.v1.Session() as sess:
+      got = np.round(sess.run(out, {level: averages}) / scale + zero_point)
+  signed = unsigned - 128
+  if rule == "to_even":
+    want = np.round(signed)  # numpy rounds half to even
+  else:
+    want = np.sign(signed) * np.floor(np.abs(signed) + 0.5)
+  np.testing.assert_array_equal(got - 128, want)
+  ties = unsigned % 1 == 0.5
+  np.testing.assert_array_equal((got - 128)[~ties], np.floor(signed + 0.5)[~ties])
+
+
+def test_pool_ties_rule_must_be_known():
+  with pytest.raises(ValueError, match="pool_ties must be one of away_from_zero, to_even"):
+    pool_rounding.check_rule("half_up")

@@ -11,6 +11,7 @@ import collections
 import numpy as np
 
 from qat_rewrite.export import integer_check
+from qat_rewrite.export.onnx import LAYOUT_OPS
 from qat_rewrite.graph import frozen
 
 Agreement = collections.namedtuple("Agreement", "elements equal_share max_lsb")
@@ -92,7 +93,7 @@ def onnx_output_quantization(model_proto, output):
                for n in model_proto.graph.node if n.op_type == "Constant"}
   constants.update(initializers)
   node = producers[output]
-  while node.op_type == "Identity":
+  while node.op_type in LAYOUT_OPS:
     node = producers[node.input[0]]
   scale = float(constants[node.input[1]])
   zero_point = int(constants[node.input[2]]) if len(node.input) > 2 else 0

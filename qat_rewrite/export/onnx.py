@@ -1,9 +1,9 @@
 """Exports a QAT eval graph as an ONNX model with QuantizeLinear/DequantizeLinear pairs.
 
 tf2onnx (1.17.0) converts TF 2.21 GraphDefs and turns each activation FakeQuant into a
-QuantizeLinear/DequantizeLinear pair, which ONNX Runtime fuses into integer kernels. The
-weights' FakeQuants are constant-folded by tf2onnx: the weights arrive as float constants
-that already hold the quantized values. The input gets its own pair from `input_ranges`
+QuantizeLinear/DequantizeLinear pair, which ONNX Runtime fuses into integer kernels. tf2onnx
+folds the weights' FakeQuants into float constants; `onnx_weights` puts them back as integers
++ DequantizeLinear on the eval graph's grid. The input gets its own pair from `input_ranges`
 (or its FakeQuant), so the first layer runs in integers too.
 
 onnx, onnxruntime and tf2onnx are the optional `onnx` extra.
@@ -15,11 +15,16 @@ import os
 from typing import Dict, List, Tuple
 
 import tensorflow as tf
+from absl import logging
 
 from qat_rewrite import files
 from qat_rewrite.export import arguments, frozen
+from qat_rewrite.quant import pool_rounding
 
 INSTALL_HINT = "pip install qat_rewrite[onnx]"
+# ONNX ops that move values without changing them: an output they make is as quantized as
+# their input (tf2onnx transposes NCHW results back to NHWC).
+LAYOUT_OPS = ("Identity", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
 def _import_tf2onnx():
@@ -66,6 +71,14 @@ def to_onnx(model, output_path, input_nodes, output_nodes, checkpoint=None, inpu
     raise ValueError("tf2onnx refused the eval graph (outputs %s): %s"
                      % (", ".join(quantized_outputs), err)) from err
   _check_quantized(model_proto, quantized_outputs)
+  from qat_rewrite.export import onnx_weights  # pylint: disable=import-outside-toplevel
+  left_float = onnx_weights.quantize_weights(model_proto,
+                                             onnx_weights.weight_grids(with_input_quant))
+  if left_float:
+    logging.warning("the weights of ONNX node(s) %s are not on a FakeQuant grid of the eval "
+                    "graph and stay float: ONNX Runtime quantizes them with scales of its own",
+                    ", ".join(left_float))
+  pool_rounding.warn_if_not(graph_def, "to_even")
   data = model_proto.SerializeToString()
   directory, name = os.path.split(output_path)
   files.write_all(directory, {name: data})
@@ -93,11 +106,12 @@ def _quantize_inputs(graph_def, ranges):
 
 
 def _check_quantized(model_proto, outputs):
-  """Every output must leave a DequantizeLinear: else the model ends in float compute."""
+  """Every output must come from a DequantizeLinear (through LAYOUT_OPS): else the model
+  ends in float compute."""
   producers = {o: n for n in model_proto.graph.node for o in n.output}
   for name in outputs:
     node = producers.get(name + ":0")
-    while node is not None and node.op_type == "Identity":
+    while node is not None and node.op_type in LAYOUT_OPS:
       node = producers.get(node.input[0])
     if node is None or node.op_type != "DequantizeLinear":
       raise ValueError("ONNX output %s:0 is not quantized (produced by %s, not a "

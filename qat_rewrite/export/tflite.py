@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from qat_rewrite import files
 from qat_rewrite.export import arguments, converter_compat, frozen, integer_check
+from qat_rewrite.quant import pool_rounding
 
 _TYPES = {"int8": (tf.int8, -128, 127), "uint8": (tf.uint8, 0, 255)}
 
@@ -84,6 +85,7 @@ def quantized_input_stats(value_range, inference_type):
 
 
 def _convert(graph_def, input_nodes, output_nodes, ranges, shapes, inference_type):
+  pool_rounding.warn_if_not(graph_def, "away_from_zero")
   graph_def = frozen.without_ties_nudges(graph_def, output_nodes)
   if inference_type == "int8":
     graph_def = converter_compat.dense_per_channel_as_conv(graph_def, output_nodes)

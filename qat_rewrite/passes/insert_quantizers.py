@@ -51,6 +51,7 @@ class Settings:
   delay_reached: Callable  # name -> scalar bool tensor, or None without quant_delay
   use_resource: bool  # quantizer variables match the graph's own (resource or ref)
   quantize_inputs: bool = False  # layers reading unquantized tensors get an input quantizer
+  pool_ties: str = pool_rounding.DEFAULT_RULE  # how AvgPool ties round (the target runtime's)
 
 
 def insert_quantizers(graph, settings, folded):
@@ -215,7 +216,8 @@ def _quantize_pool(view, op, settings, memo, report):
   consumers = view.consumers(output)
   kernel = op.get_attr("ksize")
   with graph.as_default(), graph.name_scope(scope):
-    nudged = pool_rounding.round_ties_away_from_zero(output, quantizer, kernel[1] * kernel[2])
+    nudged = pool_rounding.round_ties(output, quantizer, kernel[1] * kernel[2],
+                                      settings.pool_ties)
     quantized = fake_quant.fake_quantize_like(nudged, quantizer, scope)
     if delay is not None:  # float until the input's quantizer switches on
       quantized = tf.where(delay, quantized, output, name="delayed_quant")
