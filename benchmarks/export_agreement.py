@@ -1,9 +1,11 @@
-"""Agreement of the exported int8 TFLite model with the QAT eval graph, and its size.
+"""Agreement of the exported int8 TFLite and ONNX models with the QAT eval graph, and sizes.
 
-Prints a markdown table: output elements compared, % equal integers and max LSB difference
-(under the default XNNPACK delegate and under TFLite's builtin kernels),
-int8 and float TFLite sizes, for the MNIST CNN (examples/tflite) and MobileNetV2 (random
-weights, 3 QAT steps, 4 random images).
+Prints two markdown tables for the MNIST CNN (examples/tflite) and MobileNetV2 (random
+weights, 3 QAT steps, 4 random images): output elements compared, % equal integers and max
+LSB difference under TFLite's default XNNPACK delegate and its builtin kernels, int8 and float
+TFLite sizes; then the same agreement for ONNX Runtime with and without its graph
+optimizations (QDQ fusion into integer kernels). The ONNX eval graph rounds pool ties to even
+(pool_ties="to_even"), as ONNX Runtime does. Without the onnx extra the ONNX table is skipped.
 
   python benchmarks/export_agreement.py [--size 224] [--alpha 1.0]
 """
@@ -29,7 +31,8 @@ mnist = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mnist)  # the example's training and eval graph
 from qat_rewrite import quantize  # noqa: E402
 from qat_rewrite.datasets import load_mnist  # noqa: E402
-from qat_rewrite.export import NotFullyIntegerError, agreement, compare_tflite, to_tflite  # noqa: E402
+from qat_rewrite.export import (NotFullyIntegerError, agreement, compare_tflite,  # noqa: E402
+                                to_onnx, to_tflite)
 
 v1 = tf.compat.v1
 tf.get_logger().setLevel("ERROR")
@@ -54,6 +57,16 @@ def both_kernels(export, feeds):
                for d in (True, False))
 
 
+def onnx_agreement(eval_graph, workdir, name, inputs, output, checkpoint, feeds, ranges=None):
+  """(fused, unfused) Agreement of the ONNX export with `eval_graph`; None without onnx."""
+  if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None:
+    return None
+  export = to_onnx(eval_graph, os.path.join(workdir, name), inputs, [output],
+                   checkpoint=checkpoint, input_ranges=ranges)
+  return tuple(agreement.combine(agreement.compare_onnx(export, feeds, optimized=o).values())
+               for o in (True, False))
+
+
 def mnist_row(workdir):
   args = mnist.parse_args(["--workdir", workdir])
   train_data, test_data = load_mnist(seed=0)
@@ -65,11 +78,17 @@ def mnist_row(workdir):
   export = to_tflite(graph, os.path.join(workdir, "m.tflite"), [mnist.INPUT_NODE],
                      [mnist.OUTPUT_NODE], checkpoint=os.path.join(workdir, "qat"))
   result = both_kernels(export, {mnist.INPUT_NODE: test_data[0]})
+  with tf.Graph().as_default() as onnx_graph:
+    mnist.model_fn(mnist.placeholders()[0], is_training=False)
+    quantize.experimental_create_eval_graph(onnx_graph, pool_ties="to_even", **mnist.OPTIONS)
+  onnx_result = onnx_agreement(onnx_graph, workdir, "m.onnx", [mnist.INPUT_NODE],
+                               mnist.OUTPUT_NODE, os.path.join(workdir, "qat"),
+                               {mnist.INPUT_NODE: test_data[0]})
   with tf.Graph().as_default() as float_graph:
     images, _ = mnist.placeholders()
     mnist.model_fn(images, is_training=False)
   size = float_tflite_size(float_graph, float_ckpt, [mnist.INPUT_NODE], mnist.OUTPUT_NODE)
-  return "MNIST CNN, 1,000 held-out digits", result, export.size_bytes, size
+  return "MNIST CNN, 1,000 held-out digits", result, export.size_bytes, size, onnx_result
 
 
 def mobilenet_row(workdir, size, alpha):
@@ -101,12 +120,15 @@ def mobilenet_row(workdir, size, alpha):
     quantize.experimental_create_eval_graph(eval_graph, **options)
   label = "MobileNetV2 %g, %dx%d, 4 random images" % (alpha, size, size)
   output = logits.op.inputs[0].op.name if logits.op.type == "Softmax" else logits.op.name
+  checkpoint, ranges = os.path.join(workdir, "mnv2"), {"images": (-1, 1)}
+  onnx_result = onnx_agreement(eval_graph, workdir, "mnv2.onnx", ["images"], output, checkpoint,
+                               {"images": images}, ranges)
   try:
     export = to_tflite(eval_graph, os.path.join(workdir, "mnv2.tflite"), ["images"], [output],
-                       checkpoint=os.path.join(workdir, "mnv2"), input_ranges={"images": (-1, 1)})
+                       checkpoint=checkpoint, input_ranges=ranges)
   except NotFullyIntegerError as err:
-    return label, str(err).splitlines()[0], None, None
-  return label, both_kernels(export, {"images": images}), export.size_bytes, None
+    return label, str(err).splitlines()[0], None, None, onnx_result
+  return label, both_kernels(export, {"images": images}), export.size_bytes, None, onnx_result
 
 
 def main():
@@ -120,7 +142,7 @@ def main():
   print("\n| model | elements | equal integers (XNNPACK / builtin kernels) | max difference "
         "| int8 TFLite | float TFLite |")
   print("|---|---|---|---|---|---|")
-  for label, result, int8_size, float_size in rows:
+  for label, result, int8_size, float_size, _ in rows:
     sizes = ["%.1f KB" % (s / 1024.0) if s else "-" for s in (int8_size, float_size)]
     if isinstance(result, str):
       print("| %s | export refused: %s | | | | |" % (label, result))
@@ -129,6 +151,15 @@ def main():
       print("| %s | %d | %.2f%% / %.2f%% | %d / %d LSB | %s | %s |" % (
           label, xnnpack.elements, 100 * xnnpack.equal_share, 100 * builtin.equal_share,
           xnnpack.max_lsb, builtin.max_lsb, *sizes))
+  if any(row[-1] is None for row in rows):
+    print("\nONNX: skipped (pip install qat_rewrite[onnx])")
+    return
+  print("\n| model | elements | ONNX Runtime: equal integers (optimized / not) | max difference |")
+  print("|---|---|---|---|")
+  for label, *_, (fused, unfused) in rows:
+    print("| %s | %d | %.2f%% / %.2f%% | %d / %d LSB |" % (
+        label, fused.elements, 100 * fused.equal_share, 100 * unfused.equal_share,
+        fused.max_lsb, unfused.max_lsb))
 
 
 if __name__ == "__main__":
