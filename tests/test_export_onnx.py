@@ -1,7 +1,6 @@
 """ONNX export: QuantizeLinear/DequantizeLinear pairs and integer weights that ONNX Runtime
 runs in integers and that match the eval graph; a clear ImportError without the onnx extra."""
 
-import importlib.util
 import logging
 import os
 import sys
@@ -18,11 +17,9 @@ from onnx import numpy_helper  # noqa: E402
 
 import test_export_tflite as models  # noqa: E402  (the small CNN and its QAT checkpoint)
 from qat_rewrite import export, quantize  # noqa: E402
-from qat_rewrite.datasets import load_mnist  # noqa: E402
 from qat_rewrite.export import agreement  # noqa: E402
 
 v1 = tf.compat.v1
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
 @pytest.fixture(scope="module", params=["per_channel", "per_tensor"])
@@ -116,38 +113,15 @@ def test_average_pool_ties_round_as_onnx_runtime_rounds_them(tmp_path, caplog, t
 
 
 def test_the_mnist_cnn_matches_the_eval_graph(tmp_path):
-  """The examples' MNIST CNN (conv, depthwise, residual add, 2x2 average pool, dense), briefly
-  trained, with its input quantized and ties rounded as ONNX Runtime rounds them."""
-  spec = importlib.util.spec_from_file_location("mnist_model",
-                                                os.path.join(EXAMPLES, "decent_q", "model.py"))
-  mnist = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mnist)
-  (x_train, y_train), (x_test, _) = load_mnist(seed=0)
-  options = dict(symmetric=True, per_channel_weights=True, quantize_inputs=True)
-  with tf.Graph().as_default() as graph:
-    v1.set_random_seed(0)
-    images, labels = mnist.placeholders()
-    loss = v1.losses.sparse_softmax_cross_entropy(labels, mnist.model_fn(images, True))
-    quantize.experimental_create_training_graph(graph, **options)
-    with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
-      train_op = v1.train.AdamOptimizer(1e-3).minimize(loss)
-    with v1.Session() as sess:
-      sess.run(v1.global_variables_initializer())
-      feed = mnist.batches(x_train, y_train, 64, 0)
-      for _ in range(300):
-        x, y = next(feed)
-        sess.run(train_op, {images: x, labels: y})
-      checkpoint = v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
-  with tf.Graph().as_default() as graph:
-    mnist.model_fn(mnist.placeholders()[0], False)
-    quantize.experimental_create_eval_graph(graph, pool_ties="to_even", **options)
-  result = export.to_onnx(graph, str(tmp_path / "mnist.onnx"), [mnist.INPUT_NODE],
-                          [mnist.OUTPUT_NODE], checkpoint=checkpoint)
-  feeds = {mnist.INPUT_NODE: x_test[:500]}
-  (fused,) = agreement.compare_onnx(result, feeds).values()
+  """The examples' MNIST CNN (average pool included), ties rounded as ONNX Runtime rounds them."""
+  graph, checkpoint, input_node, output_node, images = models.mnist_cnn_eval_graph(
+      str(tmp_path), pool_ties="to_even")
+  result = export.to_onnx(graph, str(tmp_path / "mnist.onnx"), [input_node], [output_node],
+                          checkpoint=checkpoint)
+  (fused,) = agreement.compare_onnx(result, {input_node: images}).values()
   assert fused.equal_share >= 0.99 and fused.max_lsb <= 1, fused
   # Unfused, ONNX Runtime pools in float32, which lands beside a few of the ties.
-  (reference,) = agreement.compare_onnx(result, feeds, optimized=False).values()
+  (reference,) = agreement.compare_onnx(result, {input_node: images}, optimized=False).values()
   assert reference.max_lsb <= 1, reference
 
 
