@@ -94,6 +94,18 @@ def test_conv2d_with_bias(padding, stride, dilation):
   np.testing.assert_array_equal(got, expected(ref, 8, -2))
 
 
+def test_an_all_zero_bias_at_position_127_adds_nothing():
+  """A bias that stayed zero gets position 127 (found by fuzzing: the runner shifted the
+  accumulator 117 bits up to meet it and refused)."""
+  rng = np.random.default_rng(0)
+  x, w = grid_ints(rng, (1, 4, 4, 2)), grid_ints(rng, (1, 1, 2, 3))
+  conv = layer("Conv2D", w, 4, np.zeros(3), 127, opos=2, strides=[1, 1, 1, 1],
+               dilations=[1, 1, 1, 1], padding="SAME", data_format="NHWC")
+  got = run_one(graph(placeholder(pos=6), conv), {"x": x}, "layer", 2)
+  ref = tf_float(lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"), value(x, 6), value(w, 4))
+  np.testing.assert_array_equal(got, expected(ref, 8, 2))
+
+
 def test_depthwise_with_multiplier_2():
   rng = np.random.default_rng(1)
   x, w, b = grid_ints(rng, (2, 7, 7, 3)), grid_ints(rng, (3, 3, 3, 2)), grid_ints(rng, (6,))

@@ -60,10 +60,6 @@ def _has_batch_norm(model):
   return any(layer.norm != "none" for layer in model.layers)
 
 
-def _dense_fused(model):
-  return any(l.kind == "dense" and l.norm == "fused" for l in model.layers)
-
-
 @st.composite
 def rewrite_options(draw):
   training = draw(st.booleans())
@@ -263,22 +259,8 @@ def _qat_and_deploy(model, options, directory):
                                               config=config)
 
 
-def _ends_with_bare_unfused_batch_norm(model):
-  last = model.layers[-1]
-  return last.norm == "unfused" and last.act == "none" and last.bypass == "none"
-
-
-def _dpu_known_bug(model):
-  return _dense_fused(model) or _ends_with_bare_unfused_batch_norm(model)
-
-
-# Known bugs, excluded (strict xfails below): the DPU plan puts an activation quantizer on an op
-# that the training fold leaves dangling, so no position is recorded and deploy fails:
-# - a dense layer with fused batch norm (reshaped to 4-D and back): `<layer>/BatchNorm/Reshape`;
-# - a model ending in a layer with unfused batch norm and no activation: the batch norm's
-#   output, `<layer>/BatchNorm/batchnorm/aquant`.
 @fuzz(6)
-@given(model=fm.models().filter(lambda m: not _dpu_known_bug(m)), options=dpu_options())
+@given(model=fm.models(), options=dpu_options())
 def test_dpu_deploy_model_agrees_with_the_eval_model(model, options):
   if options.get("simulate_dpu") == 0 and any(l.act == "leaky" for l in model.layers):
     options["simulate_dpu"] = 1  # the integer runner needs alpha k/2^m (documented refusal)
@@ -288,19 +270,20 @@ def test_dpu_deploy_model_agrees_with_the_eval_model(model, options):
       assert result.equal_share >= 0.999 and result.max_lsb <= 1, (name, result)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="bug: DPU deploy of dense + fused "
-                   "batch norm: no training position for <layer>/BatchNorm/Reshape/aquant")
-def test_known_bug_dpu_deploys_dense_with_fused_batch_norm():
-  model = fm.Model(2, True, (fm.Layer("conv", 1, 3, 1, "none", True, "relu", "none"),
-                             fm.Layer("dense", 1, 2, 1, "fused", False, "none", "none")))
+# Found by this fuzzing: when an output node is a batch norm's last op (a dense layer's fused
+# batch norm, reshaped back to 2-D; or an unfused batch norm with nothing after it), the fold
+# replaces it, and the quantizer decent_q names `<output>/aquant` must follow the replacement
+# (it was left on the unfolded ops, which training never runs: deploy found no position).
+@pytest.mark.parametrize("model", [
+    fm.Model(2, True, (fm.Layer("conv", 1, 3, 1, "none", True, "relu", "none"),
+                       fm.Layer("dense", 1, 2, 1, "fused", False, "none", "none"))),
+    fm.Model(1, False, (fm.Layer("conv", 1, 2, 1, "unfused", False, "none", "none"),)),
+], ids=["dense_fused_batch_norm", "ends_in_unfused_batch_norm"])
+def test_dpu_deploys_an_output_node_that_a_fold_replaced(model):
   with tempfile.TemporaryDirectory() as directory:
-    _qat_and_deploy(model, {}, directory)
-
-
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="bug: DPU deploy of a model ending in "
-                   "conv + unfused batch norm: no training position for "
-                   "<layer>/BatchNorm/batchnorm/aquant")
-def test_known_bug_dpu_deploys_a_model_ending_in_unfused_batch_norm():
-  model = fm.Model(1, False, (fm.Layer("conv", 1, 2, 1, "unfused", False, "none", "none"),))
-  with tempfile.TemporaryDirectory() as directory:
-    _qat_and_deploy(model, {}, directory)
+    paths = _qat_and_deploy(model, {}, directory)
+    results = agreement.compare(paths, {"x": fm.feed(model, seed=5)})
+  output = next(name for name in results if "BatchNorm" in name)
+  assert output.endswith(("/BatchNorm/Reshape_1/aquant", "/BatchNorm/batchnorm/add_1/aquant"))
+  for name, result in results.items():
+    assert result.equal_share >= 0.999 and result.max_lsb <= 1, (name, result)

@@ -17,7 +17,8 @@ the delay, A = 1 and B uses the moving statistics, which stop updating.
 """
 
 import dataclasses
-from typing import Optional
+import weakref
+from typing import Dict, Optional
 
 import tensorflow as tf
 
@@ -29,6 +30,15 @@ from qat_rewrite.layers.patterns import fused_batch_norm, unfused_batch_norm
 from qat_rewrite.quant import fake_quant
 
 _CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
+# graph -> {name of a batch norm's last op: the tensor that replaced its output}
+_REPLACED = weakref.WeakKeyDictionary()
+
+
+def replaced_outputs(graph) -> Dict[str, tf.Tensor]:
+  """{op name: tensor} for each batch norm output a fold of `graph` replaced. A user who named
+  that op (decent_q's output_nodes) means the folded tensor: the op itself is left behind,
+  still computing the unfolded batch norm, read by nothing."""
+  return dict(_REPLACED.get(graph, {}))
 
 
 @dataclasses.dataclass
@@ -258,6 +268,7 @@ def fold(view, f, training, frozen=None):
         y = tf.multiply(y, multiplier, name="post_conv_mul")
       folded = tf.add(y, offset, name="add_fold")
   changed = editor.reroute(f.output, folded, view.consumers(f.output))
+  _REPLACED.setdefault(graph, {})[f.output.op.name] = folded
   if not changed:
     notes.append("batch norm %s output had no consumers" % f.bn_name)
   return notes

@@ -113,13 +113,14 @@ class Precision:
 
 
 def make_plan(graph, scope, input_names, ignore, precision, folded, pool_scales, align_concat,
-              align_pool, output_names):
+              align_pool, output_names, replaced_outputs=None):
   """The plan for `graph` restricted to the ops in `scope` (see the module docstring).
 
   `align_concat`/`align_pool` follow decent_q: 0 every op, 1 only those in `output_names`,
-  2 none.
+  2 none. `replaced_outputs` ({output name: tensor}) names the tensors a batch-norm fold put in
+  place of output nodes: their quantizers are `<output name>/aquant`, as deploy expects.
   """
-  builder = _Builder(graph, scope, precision)
+  builder = _Builder(graph, scope, precision, replaced_outputs or {})
   for name in input_names:
     if name not in ignore:
       op = graph.get_operation_by_name(name)
@@ -185,10 +186,11 @@ def _trailing(op, pool_scales):
 class _Builder:
   """Collects points and groups; one point per quantized tensor."""
 
-  def __init__(self, graph, scope, precision):
+  def __init__(self, graph, scope, precision, replaced_outputs):
     self.view = GraphView(graph)
     self.scope = scope
     self.precision = precision
+    self._output_names = {t.ref(): name for name, t in replaced_outputs.items()}
     self.points, self.groups = [], []
     self._by_tensor = {}
 
@@ -233,6 +235,7 @@ class _Builder:
     # Named after the op the user wrote (the batch norm, not the fold's arithmetic), so that
     # the training and eval graphs name it alike.
     named = m.op("activation").name if m.has("activation") else folded_batch_norm or last.name
+    named = self._output_names.get(last.outputs[0].ref(), named)
     pout = self._by_tensor.get(last.outputs[0].ref())
     if pout is None:
       pout = Point(named + "/aquant", last.outputs[0], ACTIVATION,

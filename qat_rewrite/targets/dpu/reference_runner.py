@@ -147,9 +147,10 @@ def _shl(ints, shift, node):
 
 
 def _align(values, node):
-  """The values at the finest of their positions: ([ints, ...], pos)."""
-  pos = max(p for _, p in values)
-  return [_shl(ints, pos - p, node) for ints, p in values], pos
+  """The values at the finest of their positions: ([ints, ...], pos). All-zero values are zero
+  at any position (an all-zero bias gets position 127), so they do not pick it."""
+  pos = max((p for ints, p in values if _max_abs(ints)), default=max(p for _, p in values))
+  return [_shl(ints, pos - p, node) if _max_abs(ints) else ints for ints, p in values], pos
 
 
 def _requantize(ints, pos, bits, opos):

@@ -12,6 +12,7 @@ from absl import logging
 from qat_rewrite.graph.view import subgraph_ops
 from qat_rewrite.layers import kind_of
 from qat_rewrite.passes import settings_record
+from qat_rewrite.passes.fold_batch_norm import replaced_outputs
 from qat_rewrite.passes.rewrite import fold_for_quantization, warn_if_nothing_quantized
 from qat_rewrite.report import LayerReport
 from qat_rewrite.targets.dpu import quantizers, simulate
@@ -44,19 +45,22 @@ def rewrite(graph, config, training):
     scope = subgraph_ops(graph, config.input_nodes, config.output_nodes)
     report, folded, excluded, use_resource = fold_for_quantization(
         graph, training, lambda op: op in scope)
+    # An output node that was a batch norm's last op now means the folded tensor.
+    replaced = {name: tensor for name, tensor in replaced_outputs(graph).items()
+                if name in config.output_nodes}
+    output_ops = [replaced[n].op.name if n in replaced else n for n in config.output_nodes]
     if config.replace_sigmoid:
-      simulate.replace_sigmoid(graph, subgraph_ops(graph, config.input_nodes, config.output_nodes))
+      simulate.replace_sigmoid(graph, subgraph_ops(graph, config.input_nodes, output_ops))
     pool_scales = {}
     if config.simulate_dpu:
       pool_scales = simulate.simulate_dpu(
-          graph, subgraph_ops(graph, config.input_nodes, config.output_nodes),
-          config.scale_all_avgpool)
-    scope = subgraph_ops(graph, config.input_nodes, config.output_nodes) - set(excluded)
+          graph, subgraph_ops(graph, config.input_nodes, output_ops), config.scale_all_avgpool)
+    scope = subgraph_ops(graph, config.input_nodes, output_ops) - set(excluded)
     precision = Precision(config.weight_bit, config.activation_bit, config.method,
                           config.nodes_bit_map, config.nodes_method_map)
     plan = make_plan(graph, scope, config.input_nodes, set(config.ignore_nodes), precision,
                      folded, pool_scales, config.align_concat, config.align_pool,
-                     config.output_nodes)
+                     config.output_nodes, replaced)
     positions = quantizers.build(graph, plan, training, use_resource, config.adjust_shift_cut,
                                  config.adjust_shift_bias)
     _REWRITES[graph] = Rewritten(plan, positions, training, config)
