@@ -297,7 +297,9 @@ def _dpu_notes(graph, config):
 def _ascend_notes(graph):
   """{op name: how AMCT's calibration quantizes it, or why it stays float}."""
   found = ascend_layers.find_layers(graph)
-  notes = {op.name: "layer: int8 data (scale, offset), int8 weights" for op in found.layers}
+  weights = {True: ", int8 weights", False: " (no weights: average pool)"}
+  notes = {op.name: "layer: int8 data (scale, offset)" + weights[ascend_layers.has_weights(op)]
+           for op in found.layers}
   notes.update((name, notes[name] + "; warning: " + text) for name, text in found.warnings.items())
   notes.update((f.op, "float: " + f.reason) for f in found.float_ops)
   return notes

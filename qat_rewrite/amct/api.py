@@ -35,10 +35,11 @@ def _path(name, value, must_exist=False):
 def create_quant_retrain_config(config_file, graph, config_defination=None):
   """Writes the per-layer retrain JSON config of `graph` to `config_file`.
 
-  Every MatMul, Conv2D, DepthwiseConv2dNative and Conv2DBackpropInput that AMCT can retrain is
-  listed; `config_defination`, a simple config in protobuf text, sets batch_num, the data
-  (ulq_quantize) and weight (arq_retrain) configs, skip lists and overrides. Returns the
-  float layers with their reasons (AMCT returned None).
+  Every MatMul, Conv2D, DepthwiseConv2dNative, Conv2DBackpropInput and AvgPool that AMCT can
+  retrain is listed (an AvgPool has no weights: only its data config acts, and its weight
+  config must stay per tensor); `config_defination`, a simple config in protobuf text, sets
+  batch_num, the data (ulq_quantize) and weight (arq_retrain) configs, skip lists and
+  overrides. Returns the float layers with their reasons (AMCT returned None).
   """
   config_file = _path("config_file", config_file)
   if config_defination is not None:

@@ -4,7 +4,7 @@ range over `batch_num` runs and write the record file after the last one.
 The observers are py_funcs on the forward path (the layer reads its input through them), so
 ordinary inference runs calibrate, as with AMCT's quantize_model. The data range is the min/max
 of all batches (AMCT searches a percentile clip, IFMR); weights use ARQ's scale of the folded
-weights.
+weights, and a layer without weights (AvgPool) records scale_w [1.0] (see record.py).
 """
 
 import os
@@ -15,7 +15,6 @@ import tensorflow as tf
 from absl import logging
 
 from qat_rewrite import files
-from qat_rewrite.layers import kind_of
 from qat_rewrite.graph import editor
 from qat_rewrite.passes.rewrite import fold_for_quantization
 from qat_rewrite.quant import range_estimators
@@ -92,6 +91,10 @@ def rewrite(graph, config_file, record_file, range_method="min_max"):
         raise ValueError("config file %s: layer %r cannot be quantized: %s"
                          % (config_file, name, reasons[name]))
     layers = [op for op in found.layers if op.name in configs and configs[op.name].quant_enable]
+    for op in layers:
+      if configs[op.name].channel_wise and not ascend_layers.supports_channel_wise(op):
+        raise ValueError("config file %s: layer %r is a %s; channel_wise is allowed only for "
+                         "convolutions" % (config_file, op.name, op.type))
     report, folded, excluded, _ = fold_for_quantization(graph, False, lambda op: True)
     report.float_ops.extend(found.float_ops)
     report.float_ops.extend(FloatOp(op.name, op.type, "quant_enable is false or not in the config")
@@ -102,21 +105,26 @@ def rewrite(graph, config_file, record_file, range_method="min_max"):
     added = []
     for op in layers:
       added.append(_observe(graph, op, configs[op.name].channel_wise, calibration))
-      report.layers.append(LayerReport(op.name, kind_of(op).name, folded.get(op.name), True,
+      report.layers.append(LayerReport(op.name, ascend_layers.kind(op).name, folded.get(op.name),
+                                       ascend_layers.has_weights(op),
                                        ["%s/%s" % (op.name, SCOPE)]))
     return added, report
 
 
 def _observe(graph, op, channel_wise, calibration):
-  kind = kind_of(op)
+  kind = ascend_layers.kind(op)
   with graph.name_scope("%s/%s/" % (op.name, SCOPE)):
     # A NaN would be cast into the record and the int8 weights (min/max reductions and ReLU
     # can drop it, so each element is checked): stop instead, naming the layer.
     x = tf.debugging.check_numerics(op.inputs[kind.data_input],
                                     "NaN or Inf in the input of layer %s" % op.name)
-    weights = tf.debugging.check_numerics(op.inputs[kind.weight_input],
-                                          "NaN or Inf in the folded weights of layer %s" % op.name)
-    scale_w = numerics.weight_scale(weights, ascend_layers.reduce_axes(op, channel_wise))
+    if kind.weight_input is None:
+      scale_w = tf.constant(record.NO_WEIGHTS_SCALE_W, tf.float32, name="scale_w")
+    else:
+      weights = tf.debugging.check_numerics(op.inputs[kind.weight_input],
+                                            "NaN or Inf in the folded weights of layer %s"
+                                            % op.name)
+      scale_w = numerics.weight_scale(weights, ascend_layers.reduce_axes(op, channel_wise))
     statistics = [tf.reduce_min(x), tf.reduce_max(x), scale_w]
     if calibration.range_method != "min_max":  # the values themselves, one batch at a time
       statistics.append(x)

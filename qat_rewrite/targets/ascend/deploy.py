@@ -11,16 +11,22 @@ with the int8 weights; AscendDequant multiplies the int32 sums by deq_scale = sc
 one per output channel, packed in a uint64 (the float32 bits in the low 32 bits). The op
 schemas are AMCT's (tf_adapter amct_ops.cc); stock TensorFlow has no kernels for them, so
 `fake_quant_model` replaces each by the stock ops that compute the same numbers.
+
+An AvgPool has no weights: AscendQuant ─► AvgPool (of int8 - offset_d) ─► AscendDequant with
+deq_scale = scale_d (its record's scale_w is 1.0). AscendDequant's `ksize` is set to the
+pool's ksize: we read the schema's pooling-style attrs (ksize, data_format) as the dequant's
+way to know the window it follows; AMCT's use of them is not confirmed (convolutions get an
+empty ksize). TF's AvgPool averages, so deq_scale carries no 1/window factor.
 """
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
 from qat_rewrite.graph.frozen import const_node
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.patterns import compute_layer
 from qat_rewrite.targets.ascend import layers as ascend_layers
 from qat_rewrite.targets.ascend import numerics
@@ -32,15 +38,17 @@ _FLOAT = tf.float32.as_datatype_enum
 
 @dataclasses.dataclass
 class LayerSource:
-  """Where a quantized layer's float data comes from and which tensor holds its float weights."""
+  """Where a quantized layer's float data comes from and which tensor holds its float weights
+  (None for a layer without weights)."""
   op: tf.Operation
   data: tf.Tensor
-  weight: tf.Tensor
+  weight: Optional[tf.Tensor]
 
 
 def build(graph, sources, records, record_path, outputs):
   """(quantized GraphDef, fake-quant GraphDef, {layer: int8 weights}) for `graph` cut to
-  `outputs`; `sources` are the layers to quantize, `records` their scales."""
+  `outputs`; `sources` are the layers to quantize, `records` their scales. Layers without
+  weights get no entry in the int8 weights."""
   layer_records = {s.op.name: records_module.layer(records, s.op.name, record_path)
                    for s in sources}
   biases = _biases(graph, sources)
@@ -50,8 +58,9 @@ def build(graph, sources, records, record_path, outputs):
   weights_int8, reroutes = {}, {}
   for s in sources:
     r = layer_records[s.op.name]
-    weights_int8[s.op.name] = _quantize_layer(graph_def, nodes, s, r, values[s.op.name],
-                                              record_path)
+    w_int8 = _quantize_layer(graph_def, nodes, s, r, values.get(s.op.name), record_path)
+    if w_int8 is not None:
+      weights_int8[s.op.name] = w_int8
     reroutes[s.op.name] = reroutes[s.op.name + ":0"] = s.op.name + "/AscendDequant"
     if s.op.name in biases:
       bias_op, index = biases[s.op.name]
@@ -79,7 +88,7 @@ def _biases(graph, sources):
 
 
 def _evaluate(graph, sources, biases):
-  fetch = {s.op.name: s.weight for s in sources}
+  fetch = {s.op.name: s.weight for s in sources if s.weight is not None}
   fetch.update({"bias:" + name: op.inputs[i] for name, (op, i) in biases.items()})
   with tf.compat.v1.Session(graph=graph) as sess:
     try:
@@ -91,40 +100,56 @@ def _evaluate(graph, sources, biases):
 
 
 def _quantize_layer(graph_def, nodes, source, rec, weight, record_path):
+  """AscendQuant on the data, AscendWeightQuant on the weights (if any), AscendDequant after;
+  returns the int8 weights or None."""
   op = source.op
-  kind = kind_of(op)
-  channels = ascend_layers.output_channels(op)
-  if len(rec.scale_w) not in (1, channels):
-    raise ValueError("record file %s, layer %r: %d scale_w values, want 1 or %d (one per output "
-                     "channel)" % (record_path, op.name, len(rec.scale_w), channels))
-  if len(rec.scale_w) > 1 and not ascend_layers.supports_channel_wise(op):
-    raise ValueError("record file %s, layer %r: per-channel scale_w for a %s; AMCT allows it "
-                     "only for convolutions" % (record_path, op.name, op.type))
-  scale_w = np.asarray(rec.scale_w, np.float32)
-  broadcast = _channel_shape(op, weight.shape) if len(scale_w) > 1 else [1] * weight.ndim
-  w_int8 = numerics.quantize_weights_np(weight, scale_w.reshape(broadcast))
   name = op.name
+  kind = ascend_layers.kind(op)
   quant = _node(name + "/AscendQuant", "AscendQuant", [_input_name(source.data)])
   quant.attr["dst_type"].s = b"INT8"
   quant.attr["quant_bits"].i = 8
   quant.attr["scale"].f = float(np.float32(1.0) / np.float32(rec.scale_d))
   quant.attr["offset"].f = float(rec.offset_d)
-  weight_const = const_node(name + "/weight_int8", w_int8)
-  offset_const = const_node(name + "/weight_offset",
-                        np.asarray(rec.offset_w, np.int8).reshape(
-                            broadcast if len(scale_w) > 1 else [1]))
-  weight_quant = _node(name + "/AscendWeightQuant", "AscendWeightQuant",
-                       [weight_const.name, offset_const.name])
+  nodes[name].input[kind.data_input] = quant.name
+  if kind.weight_input is None:
+    if tuple(rec.scale_w) != records_module.NO_WEIGHTS_SCALE_W:
+      raise ValueError("record file %s, layer %r: a %s has no weights, so scale_w must be [1.0], "
+                       "got %s" % (record_path, name, op.type, list(rec.scale_w)))
+    w_int8, scale_w, weight_nodes = None, np.asarray(rec.scale_w, np.float32), []
+  else:
+    w_int8, scale_w, weight_nodes = _quantize_weights(op, rec, weight, record_path)
+    nodes[name].input[kind.weight_input] = weight_nodes[-1].name
   deq_values = (np.float32(rec.scale_d) * scale_w).astype(np.float32)
   deq_const = const_node(name + "/deq_scale", pack_deq_scale(deq_values))
   dequant = _node(name + "/AscendDequant", "AscendDequant", [name, deq_const.name])
   dequant.attr["data_format"].s = b"NHWC"
   dequant.attr["ksize"].list.SetInParent()
-  layer = nodes[name]
-  layer.input[kind.data_input] = quant.name
-  layer.input[kind.weight_input] = weight_quant.name
-  graph_def.node.extend([quant, weight_const, offset_const, weight_quant, deq_const, dequant])
+  if op.type == "AvgPool":  # NHWC, as find_layers requires
+    dequant.attr["ksize"].list.i.extend(op.get_attr("ksize"))
+  graph_def.node.extend([quant] + weight_nodes + [deq_const, dequant])
   return w_int8
+
+
+def _quantize_weights(op, rec, weight, record_path):
+  """(int8 weights, scale_w, [weight const, offset const, AscendWeightQuant]) of a layer."""
+  name = op.name
+  channels = ascend_layers.output_channels(op)
+  if len(rec.scale_w) not in (1, channels):
+    raise ValueError("record file %s, layer %r: %d scale_w values, want 1 or %d (one per output "
+                     "channel)" % (record_path, name, len(rec.scale_w), channels))
+  if len(rec.scale_w) > 1 and not ascend_layers.supports_channel_wise(op):
+    raise ValueError("record file %s, layer %r: per-channel scale_w for a %s; AMCT allows it "
+                     "only for convolutions" % (record_path, name, op.type))
+  scale_w = np.asarray(rec.scale_w, np.float32)
+  broadcast = _channel_shape(op, weight.shape) if len(scale_w) > 1 else [1] * weight.ndim
+  w_int8 = numerics.quantize_weights_np(weight, scale_w.reshape(broadcast))
+  weight_const = const_node(name + "/weight_int8", w_int8)
+  offset_const = const_node(name + "/weight_offset",
+                            np.asarray(rec.offset_w, np.int8).reshape(
+                                broadcast if len(scale_w) > 1 else [1]))
+  weight_quant = _node(name + "/AscendWeightQuant", "AscendWeightQuant",
+                       [weight_const.name, offset_const.name])
+  return w_int8, scale_w, [weight_const, offset_const, weight_quant]
 
 
 def _channel_shape(op, shape):
@@ -224,18 +249,21 @@ _EXPANSIONS = {"AscendQuant": _expand_quant, "AscendWeightQuant": _expand_weight
 
 
 def layer_sources_from_retrained(graph, data_scope, weight_scope):
-  """LayerSource of every layer a frozen retrained graph quantizes (its `L/ULQ/input`)."""
+  """LayerSource of every layer a frozen retrained graph quantizes (its `L/ULQ/input`, and
+  `L/ARQ/input` if the layer has weights)."""
   sources = []
   for op in graph.get_operations():
-    kind = kind_of(op)
+    kind = ascend_layers.kind(op)
     if kind is None:
       continue
     try:
       data_in = graph.get_operation_by_name("%s/%s/input" % (op.name, data_scope))
-      weight_in = graph.get_operation_by_name("%s/%s/input" % (op.name, weight_scope))
+      weight = None
+      if kind.weight_input is not None:
+        weight = graph.get_operation_by_name("%s/%s/input" % (op.name, weight_scope)).inputs[0]
     except KeyError:
       continue
-    sources.append(LayerSource(op, data_in.inputs[0], weight_in.inputs[0]))
+    sources.append(LayerSource(op, data_in.inputs[0], weight))
   return sources
 
 

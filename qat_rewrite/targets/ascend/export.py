@@ -11,7 +11,6 @@ from absl import logging
 
 from qat_rewrite import files
 from qat_rewrite.graph import frozen
-from qat_rewrite.layers import kind_of
 from qat_rewrite.passes.rewrite import fold_for_quantization
 from qat_rewrite.targets.ascend import deploy
 from qat_rewrite.targets.ascend import layers as ascend_layers
@@ -48,9 +47,9 @@ def save_calibrated(pb_model, outputs, record_file, save_path):
   sources = []
   for op in found.layers:
     if op.name in records and op not in excluded:
-      kind = kind_of(op)
-      sources.append(deploy.LayerSource(op, op.inputs[kind.data_input],
-                                        op.inputs[kind.weight_input]))
+      kind = ascend_layers.kind(op)
+      weight = None if kind.weight_input is None else op.inputs[kind.weight_input]
+      sources.append(deploy.LayerSource(op, op.inputs[kind.data_input], weight))
   unknown = sorted(set(records) - {s.op.name for s in sources})
   if unknown:
     raise ValueError("record file %s: layer %r is not a quantizable layer of pb_model %s"

@@ -2,12 +2,16 @@
 
 The seeds' constraints: MatMul without transpose or adjoint; Conv2D, DepthwiseConv2dNative and
 Conv2DBackpropInput with dilation 1; float32 only; weights that are a variable or a constant.
+AvgPool (NHWC, float32) too: it has no weights, so only its input is quantized.
 Conv2D with 16 or fewer input channels is quantized but warned about: the Ascend cube pads
 its input channels, so it gains no INT8 speed and may lose accuracy.
+
+The other modules ask `kind(op)` where a layer's data and weights enter, so a layer family
+without weights (weight_input None) is declared here once.
 """
 
 import dataclasses
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 
@@ -21,6 +25,33 @@ _CONV_TYPES = ("Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput")
 _READ_TYPES = ("Identity", "ReadVariableOp")
 
 
+@dataclasses.dataclass(frozen=True)
+class AscendKind:
+  """A layer family the catalogue (qat_rewrite.layers) does not hold: AMCT-only layers."""
+  name: str
+  data_input: int
+  weight_input: Optional[int]  # None: no weights (no ARQ, no AscendWeightQuant)
+  supports: Optional[Callable] = None  # op -> None if supported, else the reason
+
+
+def _pool_nhwc_only(op):
+  fmt = op.get_attr("data_format").decode()
+  return None if fmt == "NHWC" else "data_format %s is not supported (NHWC only)" % fmt
+
+
+AVG_POOL = AscendKind("avg_pool", 0, None, _pool_nhwc_only)
+_ASCEND_ONLY = {"AvgPool": AVG_POOL}
+
+
+def kind(op):
+  """How `op` is quantized as an AMCT layer (.name, .data_input, .weight_input), or None."""
+  return _ASCEND_ONLY.get(op.type) or kind_of(op)
+
+
+def has_weights(op):
+  return kind(op).weight_input is not None
+
+
 @dataclasses.dataclass
 class Candidates:
   layers: List[tf.Operation]
@@ -29,11 +60,11 @@ class Candidates:
 
 
 def find_layers(graph):
-  """Every weight layer of `graph` that AMCT's retrain can quantize, and every one it cannot."""
+  """Every layer of `graph` that AMCT can quantize, and every one it cannot (with why)."""
   view = GraphView(graph)
   found = Candidates([], [], {})
   for op in view.ops:
-    if kind_of(op) is None:
+    if kind(op) is None:
       if op.type in UNSUPPORTED_COMPUTE_TYPES:
         found.float_ops.append(FloatOp(op.name, op.type, "%s is not a layer AMCT quantizes"
                                        % op.type))
@@ -53,12 +84,14 @@ def find_layers(graph):
 
 def unsupported_reason(op):
   """Why `op` must stay float, or None."""
-  kind = kind_of(op)
-  why = kind.supports(op) if kind.supports else None
+  layer_kind = kind(op)
+  why = layer_kind.supports(op) if layer_kind.supports else None
   if why:
     return why
   if op.outputs[0].dtype != tf.float32:
-    return "dtype %s: AMCT retrains float32 models only" % op.outputs[0].dtype.name
+    return "dtype %s: AMCT quantizes float32 models only" % op.outputs[0].dtype.name
+  if not has_weights(op):
+    return None
   if op.type == "MatMul":
     flags = [a for a in ("transpose_a", "transpose_b") if op.get_attr(a)]
     if flags:
@@ -68,7 +101,7 @@ def unsupported_reason(op):
     dilations = list(op.get_attr("dilations"))
     if any(d != 1 for d in dilations):
       return "dilation %s (AMCT quantizes %s only with dilation 1)" % (dilations, op.type)
-  weight = op.inputs[kind.weight_input]
+  weight = op.inputs[layer_kind.weight_input]
   if not is_parameter(weight):
     return "its weights (%s) are computed, not a variable or constant" % weight.op.name
   if weight.shape.rank != (2 if op.type == "MatMul" else 4) or not weight.shape.is_fully_defined():

@@ -27,8 +27,8 @@ def calibrated_contents(pb_path, graph_def, input_fn, output_nodes, calib_iter,
     config.write_json(config_file, config.calibration_json(batch_num, offset, layers))
     added, _ = calibrate.rewrite(graph, config_file, record_file, range_method)
     if not added:
-      raise ValueError("%s has no layer AMCT can quantize (conv, depthwise, transpose conv or "
-                       "matmul)" % pb_path)
+      raise ValueError("%s has no layer AMCT can quantize (conv, depthwise, transpose conv, "
+                       "matmul, avg pool)" % pb_path)
     with graph.as_default():
       outputs = [tf.debugging.check_numerics(graph.get_tensor_by_name(name + ":0"),
                                              "NaN or Inf in output %s" % name)

@@ -9,6 +9,10 @@
 scale_d/offset_d quantize the layer's input data; scale_w/offset_w its weights, one value
 (per tensor) or one per output channel; offset_w is always 0. shift_bit, skip_fusion,
 act_type and wts_type are read as AMCT defines them (only INT8 is supported here).
+
+A layer without weights (AvgPool) is recorded with scale_w [1.0] and offset_w [0]. That is our
+choice, not confirmed from AMCT: it keeps every record complete (AMCT's reader wants scale_w)
+and keeps AscendDequant's deq_scale = scale_d·scale_w true for every layer.
 """
 
 import dataclasses
@@ -19,6 +23,9 @@ import numpy as np
 
 from qat_rewrite import files
 from qat_rewrite.targets.ascend import proto
+
+
+NO_WEIGHTS_SCALE_W = (1.0,)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """AMCT's retrain rewrite: fold batch norms, then put ULQ on each layer's input and ARQ on its
-weights, and build the op that writes the record file.
+weights (a layer without weights, AvgPool, gets ULQ only), and build the op that writes the
+record file.
 
 Names are deterministic, so the training and the eval graph share variables and a frozen eval
 graph can be read back by `deploy`: for layer L, `L/ULQ/input` → ... → `L/ULQ/output` (with the
@@ -16,7 +17,6 @@ from absl import logging
 from qat_rewrite import files
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.view import GraphView
-from qat_rewrite.layers import kind_of
 from qat_rewrite.passes.fold_batch_norm import find_batch_norm_folds
 from qat_rewrite.passes.rewrite import fold_for_quantization
 from qat_rewrite.report import FloatOp, LayerReport
@@ -57,10 +57,12 @@ def rewrite(graph, config_file, record_file):
       clip_vars, record_inputs = _quantize_layer(graph, op, cfg, use_resource)
       ops.extend(clip_vars)
       writers.append(record_inputs)
+      weighted = ascend_layers.has_weights(op)
       report.layers.append(LayerReport(
-          layer=op.name, kind=kind_of(op).name, folded_batch_norm=folded.get(op.name),
-          weights_quantized=True, quantizers=["%s/%s" % (op.name, DATA_SCOPE),
-                                              "%s/%s" % (op.name, WEIGHT_SCOPE)],
+          layer=op.name, kind=ascend_layers.kind(op).name, folded_batch_norm=folded.get(op.name),
+          weights_quantized=weighted,
+          quantizers=["%s/%s" % (op.name, scope)
+                      for scope in ((DATA_SCOPE, WEIGHT_SCOPE) if weighted else (DATA_SCOPE,))],
           notes=[warnings[op.name]] if op.name in warnings else []))
     ops.append(_record_op(graph, writers, record_file))
     ops.report = report
@@ -110,8 +112,9 @@ def _variable(name, value, dtype, trainable, use_resource):
 
 
 def _quantize_layer(graph, op, cfg, use_resource):
-  """ULQ on the data input, ARQ on the weights; returns (clip variables, record inputs)."""
-  kind = kind_of(op)
+  """ULQ on the data input, ARQ on the weights (if any); returns (clip variables, record
+  inputs)."""
+  kind = ascend_layers.kind(op)
   data = cfg.data
   given = data.clip_max is not None
   with graph.name_scope("%s/%s/" % (op.name, DATA_SCOPE)):
@@ -125,14 +128,18 @@ def _quantize_layer(graph, op, cfg, use_resource):
                                                          data.fixed_min)
     y = numerics.ulq(x, clip_min_now, clip_max_now, data.fixed_min)
     editor.replace_input(op, kind.data_input, tf.identity(y, name="output"))
-  with graph.name_scope("%s/%s/" % (op.name, WEIGHT_SCOPE)):
-    w = tf.identity(op.inputs[kind.weight_input], name="input")
-    scale_w = numerics.weight_scale(w, ascend_layers.reduce_axes(op, cfg.weight.channel_wise))
-    editor.replace_input(op, kind.weight_input,
-                         tf.identity(numerics.arq(w, scale_w), name="output"))
+  scale_w = None
+  if kind.weight_input is not None:
+    with graph.name_scope("%s/%s/" % (op.name, WEIGHT_SCOPE)):
+      w = tf.identity(op.inputs[kind.weight_input], name="input")
+      scale_w = numerics.weight_scale(w, ascend_layers.reduce_axes(op, cfg.weight.channel_wise))
+      editor.replace_input(op, kind.weight_input,
+                           tf.identity(numerics.arq(w, scale_w), name="output"))
   with graph.name_scope("%s/%s/%s/" % (RECORD_SCOPE, op.name, DATA_SCOPE)):
     scale_d, offset_d, _ = numerics.data_scale_offset(clip_min.read_value(),
                                                       clip_max.read_value(), data.fixed_min)
+    if scale_w is None:  # no weights: the record's scale_w is ours, see record.py
+      scale_w = tf.constant(record.NO_WEIGHTS_SCALE_W, tf.float32, name="scale_w")
     inputs = (op.name, initialized.read_value(), scale_d, offset_d, tf.reshape(scale_w, [-1]))
   return [clip_max] + ([] if data.fixed_min else [clip_min]), inputs
 
