@@ -64,6 +64,7 @@ def qat(args, bits, workdir):
                        args.qat_steps, "qat %d-bit" % bits)
       v1.train.Saver().save(sess, os.path.join(qat_dir, "model.ckpt"))
   with tf.Graph().as_default():
+    v1.set_random_seed(0)  # initializers need a seed under op determinism (restore overwrites)
     images, _ = placeholders()
     model_fn(images, is_training=False)
     decent_q.CreateQuantizeEvaluationGraph(config=q_config)

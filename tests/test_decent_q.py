@@ -190,6 +190,37 @@ def _conv(x):
   return v1.layers.conv2d(x, 2, 1, name="conv", kernel_initializer=v1.ones_initializer())
 
 
+def test_training_adds_the_rounding_error_of_the_folded_bias_eval_quantizes(tmp_path):
+  """A batch-norm-folded layer adds no bias in training (its batch norm does), but eval adds the
+  folded bias at weight_bit bits (at 4 bits, the MNIST CNN's conv1 bias alone took QAT from 97%
+  to 80%). Training adds that bias's rounding error before the activation, under the eval
+  point's name."""
+  config = _config(tmp_path, weight_bit=4)
+  graph, report, points = _rewritten(config)
+  _, _, eval_points = _rewritten(config, training=False)
+  name = "conv1/BatchNorm_Fold/bias/wquant"
+  assert points[name].simulated and points[name].kind == "bias" and name in eval_points
+  assert not eval_points[name].simulated
+  assert name in next(l for l in report.layers if l.layer == "conv1/Conv2D").quantizers
+  relu = graph.get_operation_by_name("relu1")
+  shifted = relu.inputs[0].op
+  assert shifted.name == name + "/bias_rounding"
+  with graph.as_default(), v1.Session() as sess:
+    sess.run(v1.global_variables_initializer())
+    # Move the batch norm's beta off the 4-bit grid, as training would.
+    beta = next(v for v in v1.global_variables() if v.op.name == "bn1/beta")
+    sess.run(beta.assign(np.linspace(-0.9, 0.8, 8).astype(np.float32)))
+    feed = {"raw:0": next(dpu_models.batches(1))[0]}
+    before, after, bias, quantized, pos = sess.run(
+        [shifted.inputs[0], shifted.outputs[0], points[name].tensor, name + ":0",
+         name + "/pos:0"], feed)
+  step = 2.0 ** -pos
+  np.testing.assert_allclose(quantized / step, np.round(quantized / step))  # on the grid
+  assert np.abs(quantized - bias).max() > 0  # 4 bits: the error is not zero
+  np.testing.assert_allclose(after - before, np.broadcast_to(quantized - bias, after.shape),
+                             atol=1e-6)
+
+
 # Positions: training follows the data, eval is stable and obeys the DPU limits --------------
 
 def test_training_positions_follow_each_batch(tmp_path):

@@ -31,6 +31,7 @@ v1 = tf.compat.v1
 def freeze(float_ckpt):
   """The inference graph (is_training=False) with the checkpoint's weights as constants."""
   with tf.Graph().as_default() as graph:
+    v1.set_random_seed(0)  # initializers need a seed under op determinism (restore overwrites)
     images, _ = placeholders()
     model_fn(images, is_training=False)
     with v1.Session() as sess:

@@ -34,6 +34,18 @@ _CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
 _REPLACED = weakref.WeakKeyDictionary()
 
 
+_EVAL_BIAS = weakref.WeakKeyDictionary()  # graph -> {layer name: builds the eval fold's bias}
+
+
+def eval_time_bias(graph, layer_name):
+  """β + (b − μ_moving)·γ/σ_moving: the bias the eval fold adds after layer `layer_name`, built
+  (once) in a training graph whose fold normalizes with batch statistics, which never adds it.
+  Targets that quantize the folded bias coarsely (DPU: weight_bit bits) need it to train with
+  its rounding. None if the layer has no such fold."""
+  build = _EVAL_BIAS.get(graph, {}).get(layer_name)
+  return build() if build else None
+
+
 def replaced_outputs(graph) -> Dict[str, tf.Tensor]:
   """{op name: tensor} for each batch norm output a fold of `graph` replaced. A user who named
   that op (decent_q's output_nodes) means the folded tensor: the op itself is left behind,
@@ -253,6 +265,9 @@ def fold(view, f, training, frozen=None):
   with graph.name_scope(join(ctx, "BatchNorm_Fold") + "/"):
     if batch_stats and frozen is None:
       folded = _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias)
+      _EVAL_BIAS.setdefault(graph, {})[f.layer.name] = _once(
+          graph, join(ctx, "BatchNorm_Fold") + "/",
+          lambda: tf.add(beta, (bias - moving_mean) * scale, name="bias"))
     elif batch_stats:
       multiplier, offset = _batch_statistics_correction(
           view, f, y, scale, gamma, beta, bias, moving_mean, moving_var, frozen)
@@ -273,6 +288,18 @@ def fold(view, f, training, frozen=None):
     notes.append("batch norm %s output had no consumers" % f.bn_name)
   return notes
 
+
+
+def _once(graph, scope, build):
+  """`build` run the first time the result is asked for, in `graph` under `scope`."""
+  built = []
+
+  def get():
+    if not built:
+      with graph.as_default(), graph.name_scope(scope):
+        built.append(build())
+    return built[0]
+  return get
 
 
 def _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias):

@@ -20,6 +20,7 @@ from qat_rewrite.graph.view import GraphView, sole_relu_consumer, topological_or
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.catalogue import LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import compute_layer
+from qat_rewrite.passes.fold_batch_norm import eval_time_bias
 from qat_rewrite.quant import pow2
 from qat_rewrite.report import FloatOp
 
@@ -45,6 +46,9 @@ class Point:
   method: int
   consumers: List[tf.Operation]
   depthwise: bool = False
+  # A folded bias that a training graph (batch-statistics fold) does not add: only its rounding
+  # error is added after the layer, so that training sees what eval's bias quantizer does.
+  simulated: bool = False
 
   @property
   def mode(self):
@@ -230,6 +234,11 @@ class _Builder:
     if m.has("bias"):
       bias = m.tensor("bias_value")
       pb = self._point(bias, BIAS, "wquant", (bias.op.name,), [m.op("bias")])
+    elif folded_batch_norm:
+      bias = eval_time_bias(layer.graph, layer.name)
+      if bias is not None:
+        pb = self._point(bias, BIAS, "wquant", (bias.op.name,), [])
+        pb.simulated = True
     chain = [m.op(role) for role in _CHAIN_ROLES if m.has(role)]
     last = m.op("activation") or (chain[-1] if chain else layer)
     # Named after the op the user wrote (the batch norm, not the fold's arithmetic), so that

@@ -4,7 +4,10 @@ Each point `P` becomes `P/pos` (its int32 position) → `P/FixNeuron/...` (power
 quantization, straight-through gradient) → `P` (an Identity with the point's exact name, what
 decent_q's FixNeuron was called). Positions:
   training: activations and inputs use this batch's position and count it in
-    `P/pos_histogram`; weights and biases use the position of their current values;
+    `P/pos_histogram`; weights and biases use the position of their current values; a
+    batch-norm-folded layer adds no bias, so the rounding error of the bias eval will add
+    (its `simulated` bias point, at its own position: shift_bias would need the output's
+    position, which depends on it) is added after the layer instead;
   eval: activations and inputs use the most frequent training position; weights and biases
     the position of their (final) values; then decent_q's eval adjustments run in order:
     align concat/pool inputs to the output, shift_cut (moves weights), shift_bias (moves biases).
@@ -25,16 +28,34 @@ def build(graph, plan, training, use_resource, adjust_shift_cut=1, adjust_shift_
     _align(plan, positions)
     for group in plan.groups:
       _adjust_shifts(group, positions, adjust_shift_cut, adjust_shift_bias)
+  rounding_errors = {}  # output point -> the simulated bias's rounding error, to add before it
   pos_tensors = {}
   for point in plan.points:
     with graph.name_scope(point.name + "/"):
       pos = tf.identity(positions[point.name], name="pos")
-      quantized = pow2.fake_quantize(point.tensor, point.bits, pos, point.rounding,
-                                     name="FixNeuron")
+      source = point.tensor
+      if point.name in rounding_errors:
+        source = tf.add(source, rounding_errors[point.name], name="bias_rounding")
+      quantized = pow2.fake_quantize(source, point.bits, pos, point.rounding, name="FixNeuron")
       out = tf.identity(quantized, name=point.name + "/")  # a trailing '/' keeps the exact name
     editor.reroute(point.tensor, out, point.consumers)
     pos_tensors[point.name] = pos
+    if point.simulated:
+      group = next(g for g in plan.groups if g.bias is point)
+      error = tf.stop_gradient(out - point.tensor, name=point.name + "/rounding_error")
+      _add_before_activation(graph, group, error, rounding_errors)
   return pos_tensors
+
+
+def _add_before_activation(graph, group, error, rounding_errors):
+  """Adds `error` to the layer's pre-activation output (where eval adds the bias)."""
+  if group.activation is None:
+    rounding_errors[group.output.name] = error
+    return
+  activation = graph.get_operation_by_name(group.activation)
+  with graph.name_scope(group.bias.name + "/"):
+    shifted = tf.add(activation.inputs[0], error, name="bias_rounding")
+  editor.replace_input(activation, 0, shifted)
 
 
 def _position(graph, point, training, use_resource):
