@@ -139,7 +139,11 @@ def main(argv=None):
   print("fake-quant model (INT8):   %.2f%%  (%+.2f)" % (quantized_accuracy,
                                                        quantized_accuracy - float_accuracy))
   print("done in %.0f s" % (time.time() - start))
-  return 0 if quantized_accuracy >= float_accuracy - 1.0 else 1
+  if quantized_accuracy < float_accuracy - 1.0:
+    print("FAIL: the fake-quant model is %.2f points below float (allowed: 1.0)"
+          % (float_accuracy - quantized_accuracy))
+    return 1
+  return 0
 
 
 def fake_quant_accuracy(path, test):

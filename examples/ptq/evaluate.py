@@ -42,7 +42,11 @@ def main(argv=None):
   print("float model              : %.2f%%" % float_acc)
   print("quantize_eval_model.pb   : %.2f%%" % quant_acc)
   print("drop                     : %+.2f points" % (float_acc - quant_acc))
-  return 1 if float_acc - quant_acc > args.max_drop else 0
+  if float_acc - quant_acc > args.max_drop:
+    print("FAIL: quantize_eval_model.pb is %.2f points below float (allowed: %.1f)"
+          % (float_acc - quant_acc, args.max_drop))
+    return 1
+  return 0
 
 
 if __name__ == "__main__":
