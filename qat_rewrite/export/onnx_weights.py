@@ -17,7 +17,6 @@ from qat_rewrite.export import frozen
 from qat_rewrite.graph.frozen import run_graph_def
 
 _WEIGHT_READERS = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}  # op -> weight input
-_PER_CHANNEL = "FakeQuantWithMinMaxVarsPerChannel"
 
 
 @dataclasses.dataclass
@@ -43,9 +42,9 @@ class WeightGrid:
 
 def weight_grids(graph_def):
   """A WeightGrid for each FakeQuant of `graph_def` (frozen) that quantizes a constant."""
-  nodes = {n.name: n for n in graph_def.node}
+  fed = _fed_by_placeholders(graph_def)
   quants = [n for n in graph_def.node if n.op in frozen.FAKE_QUANT_TYPES
-            and n.op != "FakeQuantWithMinMaxArgs" and _constant(nodes, n.input[0], {})]
+            and n.op != "FakeQuantWithMinMaxArgs" and n.name not in fed]
   if not quants:
     return []
   values = run_graph_def(graph_def, {}, [n.name for n in quants])
@@ -59,16 +58,16 @@ def weight_grids(graph_def):
   return grids
 
 
-def _constant(nodes, name, memo):
-  """True if tensor `name` depends on no placeholder (all the way up)."""
-  node = nodes.get(frozen.node_name(name))
-  if node is None:
-    return False
-  if node.name not in memo:
-    memo[node.name] = False  # cycles (none in a frozen graph) count as not constant
-    memo[node.name] = node.op != "Placeholder" and all(
-        _constant(nodes, i, memo) for i in node.input if not i.startswith("^"))
-  return memo[node.name]
+def _fed_by_placeholders(graph_def):
+  """Names of the nodes whose value depends on a Placeholder; all others are constants."""
+  readers = frozen.consumers(graph_def)
+  fed, frontier = set(), [n.name for n in graph_def.node if n.op == "Placeholder"]
+  while frontier:
+    name = frontier.pop()
+    if name not in fed:
+      fed.add(name)
+      frontier.extend(r.name for r in readers.get(name, []))
+  return fed
 
 
 def _nudged(low, high, bits, narrow_range):
