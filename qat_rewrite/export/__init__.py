@@ -4,7 +4,7 @@
 called, so TFLite export works without onnx installed.
 """
 
-from qat_rewrite.export.agreement import Agreement, compare_tflite
+from qat_rewrite.export.agreement import Agreement, compare_onnx, compare_tflite
 from qat_rewrite.export.integer_check import NotFullyIntegerError
 from qat_rewrite.export.tflite import TFLiteExport, to_tflite
 
@@ -15,5 +15,5 @@ def to_onnx(*args, **kwargs):
   return onnx_export.to_onnx(*args, **kwargs)
 
 
-__all__ = ["Agreement", "NotFullyIntegerError", "TFLiteExport", "compare_tflite", "to_onnx",
-           "to_tflite"]
+__all__ = ["Agreement", "NotFullyIntegerError", "TFLiteExport", "compare_onnx", "compare_tflite",
+           "to_onnx", "to_tflite"]
