@@ -306,6 +306,35 @@ def test_average_pool_ties_round_as_tflite_rounds_them(tmp_path):
   assert agreement.equal_share >= 0.999 and agreement.max_lsb <= 1, agreement
 
 
+def test_a_dense_model_takes_its_input_range_through_the_flatten(tmp_path):
+  """A dense layer's input quantizer reads the flattened input, not the input node: the
+  exporters look through the Reshape (found by fuzzing: the export asked for input_ranges)."""
+  def build(training):
+    images = v1.placeholder(tf.float32, [None, 8, 8, 1], name="images")
+    return v1.layers.dense(v1.layers.flatten(images), 10, name="logits",
+                           kernel_initializer=v1.glorot_uniform_initializer(seed=1))
+
+  options = dict(symmetric=True, per_channel_weights=True, quantize_inputs=True)
+  images = np.random.RandomState(0).uniform(0, 1, (32, 8, 8, 1)).astype(np.float32)
+  with tf.Graph().as_default() as graph:
+    logits = build(True)
+    quantize.experimental_create_training_graph(graph, **options)
+    with v1.Session() as sess:
+      sess.run(v1.global_variables_initializer())
+      for _ in range(5):
+        sess.run(logits, {"images:0": images})
+      checkpoint = v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
+  with tf.Graph().as_default() as graph:
+    build(False)
+    quantize.experimental_create_eval_graph(graph, **options)
+  result = to_tflite(graph, str(tmp_path / "dense.tflite"), ["images"], ["logits/BiasAdd"],
+                     checkpoint=checkpoint)
+  low, high = result.input_ranges["images"]
+  assert low == 0.0 and 0.95 < high <= 1.0
+  (agreement,) = compare_tflite(result, {"images": images}).values()
+  assert agreement.equal_share >= 0.99 and agreement.max_lsb <= 1, agreement
+
+
 def test_quantize_inputs_learns_the_input_range_and_the_export_uses_it(tmp_path, caplog):
   """With quantize_inputs the first conv reads its input on a learned, asymmetric grid (even
   with symmetric=True), so its bias is rounded as TFLite rounds it; the converter takes that

@@ -19,6 +19,7 @@ from qat_rewrite.quant.pool_rounding import is_ties_nudge
 FAKE_QUANT_TYPES = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel",
                     "FakeQuantWithMinMaxArgs")
 _ALIAS_TYPES = ("Identity",)
+_RESHAPE_TYPES = ("Identity", "Reshape", "Squeeze", "ExpandDims")
 
 
 def load_graph_def(model, checkpoint=None):
@@ -111,14 +112,21 @@ def constant_value(graph_def, name):
 
 
 def input_fake_quant_range(graph_def, input_name):
-  """(min, max) of the FakeQuant reading input `input_name` directly, or None."""
-  for reader in consumers(graph_def).get(input_name, []):
-    if reader.op == "FakeQuantWithMinMaxArgs":
-      return float(reader.attr["min"].f), float(reader.attr["max"].f)
-    if reader.op == "FakeQuantWithMinMaxVars":
-      low, high = (constant_value(graph_def, reader.input[i]) for i in (1, 2))
-      if low is not None and high is not None:
-        return float(low), float(high)
+  """(min, max) of the FakeQuant reading input `input_name`, directly or through ops that only
+  reshape it (a dense layer's input quantizer reads the flattened input), or None."""
+  readers = consumers(graph_def)
+  frontier = [input_name]
+  while frontier:
+    name = frontier.pop()
+    for reader in readers.get(name, []):
+      if reader.op == "FakeQuantWithMinMaxArgs":
+        return float(reader.attr["min"].f), float(reader.attr["max"].f)
+      if reader.op == "FakeQuantWithMinMaxVars":
+        low, high = (constant_value(graph_def, reader.input[i]) for i in (1, 2))
+        if low is not None and high is not None:
+          return float(low), float(high)
+      if reader.op in _RESHAPE_TYPES and node_name(reader.input[0]) == name:
+        frontier.append(reader.name)
   return None
 
 
