@@ -92,15 +92,19 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
     _quantize_model_input(view, layer.inputs[kind.data_input], layer, settings, report)
   ctx = context(layer)
   last = next(m.op(role) for role in _CHAIN_ROLES_LAST_FIRST if m.has(role))
+  # TFLite fuses only ReLU/ReLU6 into a conv or an ADD (and drops an Identity); before any other
+  # activation (LeakyRelu) the layer output or the sum is a tensor of its own: its own range.
+  unfused = m.has("activation") and m.op("activation").type not in RELU_TYPES + ("Identity",)
+  if unfused and not m.has("bypass"):
+    _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
+                     settings.activation_spec(), report)
   if m.has("bypass"):
     add_ctx = context(m.op("bypass"))
     # Every reader gets the quantized tensor, not only the add (contrib rerouted the add
     # alone, so a conv output also read by the next block stayed float).
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
                      settings.activation_spec(), report)
-    # TFLite fuses only ReLU/ReLU6 into ADD (and drops an Identity); before any other
-    # activation (LeakyRelu) the sum is a tensor of its own and needs its own range.
-    if not m.has("activation") or m.op("activation").type not in RELU_TYPES + ("Identity",):
+    if not m.has("activation") or unfused:
       _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
                        settings.activation_spec(), report)
     ctx = add_ctx
