@@ -341,6 +341,37 @@ def test_a_conv_before_leaky_relu_gets_a_range_of_its_own(tmp_path):
   assert agreement.equal_share >= 0.9 and agreement.max_lsb <= 1, agreement
 
 
+def test_an_output_named_by_its_batch_norm_exports_the_folded_tensor(tmp_path):
+  """A model ending in conv + batch norm, its output named by the batch norm op: the fold
+  replaced that op (it stays in the graph, unfolded, read by nothing), and the export follows
+  the replacement instead of exporting a float batch norm (found by exploring fuzz models)."""
+  def build(training):
+    images = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+    x = v1.layers.conv2d(images, 4, 3, padding="same", use_bias=False, name="conv",
+                         kernel_initializer=v1.glorot_uniform_initializer(seed=1))
+    return v1.layers.batch_normalization(x, training=training, fused=True, name="bn")
+
+  options = dict(symmetric=True, per_channel_weights=True, quantize_inputs=True)
+  images = np.random.RandomState(0).uniform(0, 1, (32, 8, 8, 3)).astype(np.float32)
+  with tf.Graph().as_default() as graph:
+    out = build(True)
+    quantize.experimental_create_training_graph(graph, **options)
+    with v1.Session() as sess:
+      sess.run(v1.global_variables_initializer())
+      for _ in range(5):
+        sess.run([out, v1.get_collection(v1.GraphKeys.UPDATE_OPS)], {"images:0": images})
+      checkpoint = v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
+  with tf.Graph().as_default() as graph:
+    output = build(False).op.name
+    quantize.experimental_create_eval_graph(graph, **options)
+  assert output == "bn/FusedBatchNormV3"
+  result = to_tflite(graph, str(tmp_path / "bn.tflite"), ["images"], [output],
+                     checkpoint=checkpoint)
+  assert result.output_nodes == ["conv/act_quant/FakeQuantWithMinMaxVars"]
+  (agreement,) = compare_tflite(result, {"images": images}).values()
+  assert agreement.equal_share >= 0.99 and agreement.max_lsb <= 1, agreement
+
+
 def test_a_dense_model_takes_its_input_range_through_the_flatten(tmp_path):
   """A dense layer's input quantizer reads the flattened input, not the input node: the
   exporters look through the Reshape (found by fuzzing: the export asked for input_ranges)."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from qat_rewrite.passes.fold_batch_norm import fold_batch_norms
+from qat_rewrite.passes.fold_batch_norm import fold_batch_norms, replaced_outputs
 
 LAYERS = ["conv2d", "conv2d_bias", "depthwise", "atrous_depthwise", "conv2d_transpose", "dense"]
 
@@ -102,3 +102,18 @@ def test_freeze_delay_reached_uses_and_freezes_moving_statistics(kind, fused):
   np.testing.assert_allclose(grad_f, grad, atol=1e-3, rtol=1e-3)
   np.testing.assert_allclose(moving_f[0], values["bn/moving_mean"], atol=1e-6)
   np.testing.assert_allclose(moving_f[1], values["bn/moving_variance"], atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_a_batch_norm_that_ends_the_graph_is_folded_once(fused):
+  """An eval graph ending in conv + batch norm: its batch norm is read by nothing, as a folded
+  one is; it was taken for folded and the model stayed float. A second fold changes nothing."""
+  with tf.Graph().as_default() as graph:
+    x = tf.compat.v1.placeholder(tf.float32, [4, 8, 8, 3], name="x")
+    y = _layer("conv2d", x)
+    out = tf.compat.v1.layers.batch_normalization(y, training=False, fused=fused, name="bn")
+    assert not out.consumers()
+    folded, unfoldable, _ = fold_batch_norms(graph, False)
+    assert list(folded) == ["layer/Conv2D"] and not unfoldable
+    assert replaced_outputs(graph)[out.op.name].op.name == "layer/add_fold"
+    assert fold_batch_norms(graph, False)[0] == {}

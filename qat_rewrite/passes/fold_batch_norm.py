@@ -17,6 +17,7 @@ the delay, A = 1 and B uses the moving statistics, which stop updating.
 """
 
 import dataclasses
+import re
 import weakref
 from typing import Dict, Optional
 
@@ -30,6 +31,7 @@ from qat_rewrite.layers.patterns import fused_batch_norm, unfused_batch_norm
 from qat_rewrite.quant import fake_quant
 
 _CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
+_MUL_FOLD = re.compile(r"mul_fold(_\d+)?")  # TF numbers a second one in the same scope
 # graph -> {name of a batch norm's last op: the tensor that replaced its output}
 _REPLACED = weakref.WeakKeyDictionary()
 
@@ -135,13 +137,17 @@ def _reshape_back(view, bn):
 
 
 def _already_folded(view, m):
-  """A folded batch norm keeps no consumers (but a dangling Reshape back to 2-D)."""
-  bn = m.op("bn")
-  if view.is_dangling(bn):
-    return True
-  back = _reshape_back(view, bn) if m.has("reshape") else None
-  return (back is not None and view.is_dangling(back)
-          and not any(view.consumers(t) for t in bn.outputs[1:]))
+  """An earlier fold scaled the layer's weights (`<scope>/mul_fold`, maybe quantized since) and
+  left the batch norm read by nothing. Being read by nothing alone does not tell: a batch norm
+  that ends the graph is read by nothing too."""
+  del view
+  layer = m.op("layer")
+  ops = [layer.inputs[kind_of(layer).weight_input].op]
+  for _ in range(6):  # mul_fold → [reshape] → FakeQuant → [restore, delay Select, Identity]
+    if any(_MUL_FOLD.fullmatch(op.name.rsplit("/", 1)[-1]) for op in ops):
+      return True
+    ops = [t.op for op in ops for t in op.inputs]
+  return False
 
 
 def folded_away_ops(view):
