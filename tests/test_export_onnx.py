@@ -16,7 +16,7 @@ pytest.importorskip("tf2onnx")
 from onnx import numpy_helper  # noqa: E402
 
 import test_export_tflite as models  # noqa: E402  (the small CNN and its QAT checkpoint)
-from qat_rewrite import export, quantize  # noqa: E402
+from qat_rewrite import export  # noqa: E402
 from qat_rewrite.export import agreement  # noqa: E402
 
 v1 = tf.compat.v1
@@ -88,18 +88,9 @@ def test_average_pool_ties_round_as_onnx_runtime_rounds_them(tmp_path, caplog, t
   """ONNX Runtime's QLinearAveragePool rounds exact halves to even; an eval graph rewritten
   with pool_ties="to_even" does too. The TFLite rule (the default) is warned about."""
   images = np.random.RandomState(0).uniform(0, 1, (64, 8, 8, 3)).astype(np.float32)
-  options = dict(symmetric=True, per_channel_weights=True)
-  with tf.Graph().as_default() as graph:
-    pool = _pool_model(training=True)
-    quantize.experimental_create_training_graph(graph, **options)
-    with v1.Session() as sess:
-      sess.run(v1.global_variables_initializer())
-      for _ in range(30):
-        sess.run(pool, {"images:0": images})
-      checkpoint = v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
-  with tf.Graph().as_default() as graph:
-    _pool_model(training=False)
-    quantize.experimental_create_eval_graph(graph, pool_ties=ties, **options)
+  graph, checkpoint = models.short_qat(str(tmp_path), _pool_model, images, steps=30,
+                                       eval_options=dict(pool_ties=ties), symmetric=True,
+                                       per_channel_weights=True)
   with caplog.at_level(logging.WARNING):
     result = export.to_onnx(graph, str(tmp_path / "pool.onnx"), ["images"], ["pool"],
                             checkpoint=checkpoint, input_ranges={"images": (0.0, 1.0)})

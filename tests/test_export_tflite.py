@@ -190,6 +190,24 @@ def test_a_file_that_is_not_a_graph_def_is_refused(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+def short_qat(directory, build, images, steps=5, eval_options=None, **options):
+  """`build(training)` (a function of the graph that reads "images") rewritten for training with
+  `options`, run `steps` times on `images` so ranges and batch-norm statistics move, saved;
+  returns (its eval graph rewritten with `options` and `eval_options`, the checkpoint)."""
+  with tf.Graph().as_default() as graph:
+    out = build(True)
+    quantize.experimental_create_training_graph(graph, **options)
+    with v1.Session() as sess:
+      sess.run(v1.global_variables_initializer())
+      for _ in range(steps):
+        sess.run([out, v1.get_collection(v1.GraphKeys.UPDATE_OPS)], {"images:0": images})
+      checkpoint = v1.train.Saver().save(sess, os.path.join(directory, "model.ckpt"))
+  with tf.Graph().as_default() as graph:
+    build(False)
+    quantize.experimental_create_eval_graph(graph, **options, **(eval_options or {}))
+  return graph, checkpoint
+
+
 def mobilenet_v2_eval_graph(directory, size=64):
   """MobileNetV2 (alpha 0.35, random weights) after 3 QAT steps on 4 random images: (eval
   graph, checkpoint directory, images, output node)."""
@@ -286,17 +304,9 @@ def test_average_pool_ties_round_as_tflite_rounds_them(tmp_path):
     return tf.nn.avg_pool2d(x, 2, 2, "VALID", name="pool")
 
   images = np.random.RandomState(0).uniform(0, 1, (64, 8, 8, 3)).astype(np.float32)
-  with tf.Graph().as_default() as graph:
-    pool = build(training=True)
-    quantize.experimental_create_training_graph(graph, symmetric=True, per_channel_weights=True)
-    with v1.Session() as sess:
-      sess.run(v1.global_variables_initializer())
-      for _ in range(30):  # the ReLU's range moves to [0, max]: int8 zero point -128
-        sess.run(pool, {"images:0": images})
-      checkpoint = v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
-  with tf.Graph().as_default() as graph:
-    build(training=False)
-    quantize.experimental_create_eval_graph(graph, symmetric=True, per_channel_weights=True)
+  # 30 runs: the ReLU's range moves to [0, max], int8 zero point -128
+  graph, checkpoint = short_qat(str(tmp_path), build, images, steps=30, symmetric=True,
+                                per_channel_weights=True)
   result = to_tflite(graph, str(tmp_path / "pool.tflite"), ["images"], ["pool"],
                      checkpoint=checkpoint, input_ranges={"images": (0.0, 1.0)})
   (agreement,) = compare_tflite(result, {"images": images}, delegates=False).values()
@@ -316,24 +326,13 @@ def test_a_conv_before_leaky_relu_gets_a_range_of_its_own(tmp_path):
                          kernel_initializer=v1.glorot_uniform_initializer(seed=1))
     return tf.nn.leaky_relu(x, alpha=0.1, name="leaky")
 
-  options = dict(symmetric=True, per_channel_weights=True, quantize_inputs=True)
   images = np.random.RandomState(0).uniform(-1, 1, (32, 8, 8, 3)).astype(np.float32)
-  with tf.Graph().as_default() as graph:
-    out = build(True)
-    report = quantize.experimental_create_training_graph(graph, **options)
-    with v1.Session() as sess:
-      sess.run(v1.global_variables_initializer())
-      for _ in range(5):
-        sess.run(out, {"images:0": images})
-      checkpoint = v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
-  (layer,) = report.layers
-  assert layer.quantizers == ["conv/weights_quant", "conv/input_quant", "conv/conv_quant",
-                              "conv/act_quant"]
-  with tf.Graph().as_default() as graph:
-    build(False)
-    quantize.experimental_create_eval_graph(graph, **options)
+  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
+                                per_channel_weights=True, quantize_inputs=True)
   leaky = graph.get_operation_by_name("leaky")
-  assert leaky.inputs[0].op.type.startswith("FakeQuant")  # the conv output, quantized
+  assert leaky.inputs[0].op.name == "conv/conv_quant/FakeQuantWithMinMaxVars"
+  assert [c.name for c in leaky.outputs[0].consumers()] == [
+      "conv/act_quant/FakeQuantWithMinMaxVars"]
   result = to_tflite(graph, str(tmp_path / "leaky.tflite"), ["images"], ["leaky"],
                      checkpoint=checkpoint)
   (agreement,) = compare_tflite(result, {"images": images}).values()
@@ -351,20 +350,11 @@ def test_an_output_named_by_its_batch_norm_exports_the_folded_tensor(tmp_path):
                          kernel_initializer=v1.glorot_uniform_initializer(seed=1))
     return v1.layers.batch_normalization(x, training=training, fused=True, name="bn")
 
-  options = dict(symmetric=True, per_channel_weights=True, quantize_inputs=True)
   images = np.random.RandomState(0).uniform(0, 1, (32, 8, 8, 3)).astype(np.float32)
-  with tf.Graph().as_default() as graph:
-    out = build(True)
-    quantize.experimental_create_training_graph(graph, **options)
-    with v1.Session() as sess:
-      sess.run(v1.global_variables_initializer())
-      for _ in range(5):
-        sess.run([out, v1.get_collection(v1.GraphKeys.UPDATE_OPS)], {"images:0": images})
-      checkpoint = v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
-  with tf.Graph().as_default() as graph:
-    output = build(False).op.name
-    quantize.experimental_create_eval_graph(graph, **options)
-  assert output == "bn/FusedBatchNormV3"
+  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
+                                per_channel_weights=True, quantize_inputs=True)
+  output = "bn/FusedBatchNormV3"
+  assert not graph.get_operation_by_name(output).outputs[0].consumers()
   result = to_tflite(graph, str(tmp_path / "bn.tflite"), ["images"], [output],
                      checkpoint=checkpoint)
   assert result.output_nodes == ["conv/act_quant/FakeQuantWithMinMaxVars"]
@@ -380,19 +370,9 @@ def test_a_dense_model_takes_its_input_range_through_the_flatten(tmp_path):
     return v1.layers.dense(v1.layers.flatten(images), 10, name="logits",
                            kernel_initializer=v1.glorot_uniform_initializer(seed=1))
 
-  options = dict(symmetric=True, per_channel_weights=True, quantize_inputs=True)
   images = np.random.RandomState(0).uniform(0, 1, (32, 8, 8, 1)).astype(np.float32)
-  with tf.Graph().as_default() as graph:
-    logits = build(True)
-    quantize.experimental_create_training_graph(graph, **options)
-    with v1.Session() as sess:
-      sess.run(v1.global_variables_initializer())
-      for _ in range(5):
-        sess.run(logits, {"images:0": images})
-      checkpoint = v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
-  with tf.Graph().as_default() as graph:
-    build(False)
-    quantize.experimental_create_eval_graph(graph, **options)
+  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
+                                per_channel_weights=True, quantize_inputs=True)
   result = to_tflite(graph, str(tmp_path / "dense.tflite"), ["images"], ["logits/BiasAdd"],
                      checkpoint=checkpoint)
   low, high = result.input_ranges["images"]
