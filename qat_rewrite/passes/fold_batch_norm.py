@@ -34,8 +34,6 @@ _CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
 _MUL_FOLD = re.compile(r"mul_fold(_\d+)?")  # TF numbers a second one in the same scope
 # graph -> {name of a batch norm's last op: the tensor that replaced its output}
 _REPLACED = weakref.WeakKeyDictionary()
-
-
 _EVAL_BIAS = weakref.WeakKeyDictionary()  # graph -> {layer name: builds the eval fold's bias}
 
 
@@ -115,7 +113,7 @@ def find_batch_norm_folds(view, in_scope):
       bn = m.op("bn")
       if not in_scope(m.op("layer")):
         continue
-      if _already_folded(view, m):  # its consumers moved to an earlier fold
+      if _already_folded(m):  # its consumers moved to an earlier fold
         folded_before += 1
         continue
       if not fused and m.tensor("inv_again").op is not (m.op("inv") or m.op("rsqrt")):
@@ -136,11 +134,10 @@ def _reshape_back(view, bn):
   return back[0] if len(back) == 1 and back[0].type == "Reshape" else None
 
 
-def _already_folded(view, m):
+def _already_folded(m):
   """An earlier fold scaled the layer's weights (`<scope>/mul_fold`, maybe quantized since) and
   left the batch norm read by nothing. Being read by nothing alone does not tell: a batch norm
   that ends the graph is read by nothing too."""
-  del view
   layer = m.op("layer")
   ops = [layer.inputs[kind_of(layer).weight_input].op]
   for _ in range(6):  # mul_fold → [reshape] → FakeQuant → [restore, delay Select, Identity]
@@ -159,7 +156,7 @@ def folded_away_ops(view):
   dead = set()
   for pattern in (fused_batch_norm(), unfused_batch_norm()):
     for m in find_matches(pattern, view.ops, "layer"):
-      if _already_folded(view, m):
+      if _already_folded(m):
         back = _reshape_back(view, m.op("bn")) if m.has("reshape") else None
         dead |= {m.op("bn"), back} - {None}
   frontier = list(dead)
@@ -293,7 +290,6 @@ def fold(view, f, training, frozen=None):
   if not changed:
     notes.append("batch norm %s output had no consumers" % f.bn_name)
   return notes
-
 
 
 def _once(graph, scope, build):

@@ -17,6 +17,8 @@ boundary. Exports drop this nudge (`is_ties_nudge`): the converted model pools t
 itself.
 """
 
+import collections
+
 import tensorflow as tf
 from absl import logging
 
@@ -35,11 +37,11 @@ def _to_even(unsigned, bits):
   return 2.0 * tf.math.floormod(tf.floor(unsigned), 2.0) - 1.0
 
 
-# rule name -> direction of the nudge (+1 up, -1 down) from the average in the unsigned
-# integer domain. Adding a runtime's rule is one entry here.
-RULES = {"away_from_zero": _away_from_zero, "to_even": _to_even}
-RUNTIMES = {"away_from_zero": "TFLite's int8 AVERAGE_POOL_2D",
-            "to_even": "ONNX Runtime's QLinearAveragePool"}
+# direction: of the nudge (+1 up, -1 down) from the average in the unsigned integer domain;
+# runtime: who rounds so. Adding a runtime's rule is one entry here.
+Rule = collections.namedtuple("Rule", "direction runtime")
+RULES = {"away_from_zero": Rule(_away_from_zero, "TFLite's int8 AVERAGE_POOL_2D"),
+         "to_even": Rule(_to_even, "ONNX Runtime's QLinearAveragePool")}
 DEFAULT_RULE = "away_from_zero"
 
 
@@ -77,7 +79,7 @@ def round_ties(average, quantizer, window, rule=DEFAULT_RULE):
   scale = (high - low) / (qmax - qmin)
   zero_point = tf.clip_by_value(tf.floor(qmin - low / scale + 0.5), qmin, qmax)
   unsigned = tf.cast(average, tf.float64) / scale + zero_point
-  nudge = tf.cast(RULES[check_rule(rule)](unsigned, bits) * scale / (4.0 * window),
+  nudge = tf.cast(RULES[check_rule(rule)].direction(unsigned, bits) * scale / (4.0 * window),
                   average.dtype)
   return tf.add(average, nudge, name=_PREFIX + rule)
 
@@ -89,5 +91,5 @@ def warn_if_not(graph_def, rule):
   if others:
     logging.warning("the eval graph rounds average-pool ties %s (%s) but %s rounds them %s: "
                     "rewrite the eval graph with pool_ties=%r to check this export against it",
-                    others[0].replace("_", " "), RUNTIMES[others[0]], RUNTIMES[rule],
+                    others[0].replace("_", " "), RULES[others[0]].runtime, RULES[rule].runtime,
                     rule.replace("_", " "), rule)
