@@ -35,6 +35,9 @@ class LayerKind:
   per_channel_shape: Callable
   folds_batch_norm: bool = True
   supports: Optional[Callable] = None  # op -> None if supported, else the reason
+  # TFLite's kernel applies a following ReLU/ReLU6 itself; else the layer output is a tensor
+  # of its own before the activation and needs a range (TRANSPOSE_CONV runs RELU separately).
+  fuses_relu: bool = True
 
 
 def _nhwc_only(op):
@@ -79,7 +82,7 @@ LAYER_KINDS = (
     LayerKind("depthwise_conv2d", ("DepthwiseConv2dNative",), 0, 1, _depthwise_scale,
               _depthwise_per_channel, supports=_nhwc_only),
     LayerKind("conv2d_transpose", ("Conv2DBackpropInput",), 2, 1, _transpose_conv_scale,
-              _no_per_channel, supports=_nhwc_only),
+              _no_per_channel, supports=_nhwc_only, fuses_relu=False),
     LayerKind("matmul", ("MatMul",), 0, 1, _matmul_scale, _matmul_per_channel),
 )
 

@@ -92,9 +92,11 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
     _quantize_model_input(view, layer.inputs[kind.data_input], layer, settings, report)
   ctx = context(layer)
   last = next(m.op(role) for role in _CHAIN_ROLES_LAST_FIRST if m.has(role))
-  # TFLite fuses only ReLU/ReLU6 into a conv or an ADD (and drops an Identity); before any other
-  # activation (LeakyRelu) the layer output or the sum is a tensor of its own: its own range.
-  unfused = m.has("activation") and m.op("activation").type not in RELU_TYPES + ("Identity",)
+  # TFLite fuses only ReLU/ReLU6 into a conv or an ADD (not into TRANSPOSE_CONV) and drops an
+  # Identity; before any other activation (LeakyRelu) the layer output or the sum is a tensor of
+  # its own: its own range.
+  fusable = RELU_TYPES if m.has("bypass") or kind.fuses_relu else ()
+  unfused = m.has("activation") and m.op("activation").type not in fusable + ("Identity",)
   if unfused and not m.has("bypass"):
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
                      settings.activation_spec(), report)
