@@ -11,7 +11,7 @@ import collections
 import numpy as np
 
 from qat_rewrite.export import integer_check
-from qat_rewrite.export.onnx import LAYOUT_OPS
+from qat_rewrite.export.onnx import output_producer
 from qat_rewrite.graph import frozen
 
 Agreement = collections.namedtuple("Agreement", "elements equal_share max_lsb")
@@ -87,14 +87,11 @@ def format_agreement(result):
 def onnx_output_quantization(model_proto, output):
   """(scale, zero point) of the DequantizeLinear producing ONNX output `output`."""
   from onnx import numpy_helper  # pylint: disable=import-outside-toplevel
-  producers = {o: n for n in model_proto.graph.node for o in n.output}
   initializers = {i.name: numpy_helper.to_array(i) for i in model_proto.graph.initializer}
   constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t)
                for n in model_proto.graph.node if n.op_type == "Constant"}
   constants.update(initializers)
-  node = producers[output]
-  while node.op_type in LAYOUT_OPS:
-    node = producers[node.input[0]]
+  node = output_producer(model_proto, output)
   scale = float(constants[node.input[1]])
   zero_point = int(constants[node.input[2]]) if len(node.input) > 2 else 0
   return scale, zero_point

@@ -105,14 +105,20 @@ def _quantize_inputs(graph_def, ranges):
   return out
 
 
-def _check_quantized(model_proto, outputs):
-  """Every output must come from a DequantizeLinear (through LAYOUT_OPS): else the model
-  ends in float compute."""
+def output_producer(model_proto, output):
+  """The node whose values ONNX output `output` holds, seen through LAYOUT_OPS (a quantized
+  output's DequantizeLinear), or None."""
   producers = {o: n for n in model_proto.graph.node for o in n.output}
+  node = producers.get(output)
+  while node is not None and node.op_type in LAYOUT_OPS:
+    node = producers.get(node.input[0])
+  return node
+
+
+def _check_quantized(model_proto, outputs):
+  """Every output must come from a DequantizeLinear: else the model ends in float compute."""
   for name in outputs:
-    node = producers.get(name + ":0")
-    while node is not None and node.op_type in LAYOUT_OPS:
-      node = producers.get(node.input[0])
+    node = output_producer(model_proto, name + ":0")
     if node is None or node.op_type != "DequantizeLinear":
       raise ValueError("ONNX output %s:0 is not quantized (produced by %s, not a "
                        "DequantizeLinear): name the op its FakeQuant follows"
