@@ -20,7 +20,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis", "matplotlib", "onnx==1.23.2", "onnxruntime==1.31.1",
-                 "tf2onnx==1.17.0", "tensorflow-model-optimization==0.8.1"],
+                 "tf2onnx==1.17.0", "tensorflow-model-optimization==0.8.1", "tf-slim==1.1.0"],
         "report": ["matplotlib"],
         "bench": ["matplotlib", "tensorflow-model-optimization==0.8.1"],
         "onnx": ["onnx==1.23.2", "onnxruntime==1.31.1", "tf2onnx==1.17.0"],

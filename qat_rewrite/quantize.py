@@ -19,7 +19,7 @@ import tensorflow as tf
 from qat_rewrite import distribute
 from qat_rewrite.graph.frozen import resolve_checkpoint
 from qat_rewrite.passes import rewrite as rewrite_pass
-from qat_rewrite.passes import settings_record
+from qat_rewrite.passes import checkpoint as checkpoint_checks
 from qat_rewrite.passes.transaction import all_or_nothing
 
 # Inside a tf.distribute replica function the rewrite runs once, for every replica's tower.
@@ -92,11 +92,14 @@ def experimental_create_eval_graph(input_graph=None, weight_bits=8, activation_b
 
 def check_checkpoint(checkpoint, input_graph=None):
   """Raises ValueError if `checkpoint` was trained with other settings (bits, symmetric,
-  per-channel) than `input_graph` (the default graph if None) was rewritten with.
+  per-channel) than `input_graph` (the default graph if None) was rewritten with, lacks one of
+  the graph's variables (naming the quantizers), or holds a range no training step updated.
 
-  A Saver restores such a checkpoint without complaint; the exporters call this check
+  A Saver restores the first and last without complaint; the exporters call this check
   themselves. `checkpoint`: a directory (its latest checkpoint) or a prefix.
   """
   prefix = resolve_checkpoint(checkpoint)
-  settings_record.check_checkpoint(settings_record.recorded(_graph(input_graph)),
-                                   tf.train.load_checkpoint(prefix), prefix)
+  graph = _graph(input_graph)
+  quantizer_variables = {v.op.name: v.shape.as_list() for v in graph.get_collection(
+      tf.compat.v1.GraphKeys.GLOBAL_VARIABLES) if checkpoint_checks.quantizer_of(v.op.name)}
+  checkpoint_checks.check(graph, tf.train.load_checkpoint(prefix), prefix, quantizer_variables)

@@ -47,13 +47,16 @@ def _dpu_config(tmp_path, **changes):
 
 
 def _save_trained(directory, filters=4, quantized=True, **options):
-  """A training graph (rewritten with `options` unless not `quantized`), initialised and saved."""
+  """A training graph (rewritten with `options` unless not `quantized`), initialised, run one
+  step (its UPDATE_OPS: batch-norm statistics and ranges) and saved."""
   with tf.Graph().as_default() as graph:
-    _model(is_training=True, filters=filters)
+    images = _model(is_training=True, filters=filters)
     if quantized:
       quantize.experimental_create_training_graph(graph, **options)
     with v1.Session() as sess:
       sess.run(v1.global_variables_initializer())
+      sess.run(v1.get_collection(v1.GraphKeys.UPDATE_OPS),
+               {images: np.random.RandomState(0).uniform(0, 1, (2, 8, 8, 3))})
       return v1.train.Saver().save(sess, os.path.join(str(directory), "model.ckpt"))
 
 

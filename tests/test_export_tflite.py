@@ -421,3 +421,51 @@ def test_quantize_inputs_learns_the_input_range_and_the_export_uses_it(tmp_path,
   images, _ = data(200, seed=0, split=1)
   (agreement,) = compare_tflite(result, {"images": images}).values()
   assert agreement.equal_share >= 0.999 and agreement.max_lsb <= 1, agreement  # 100% measured
+
+
+@pytest.mark.parametrize("pad", ["slim_conv2d_same", "keras_zero_padding"])
+def test_a_padded_input_takes_its_range_through_the_pad(tmp_path, pad):
+  """slim's conv2d_same and Keras' ZeroPadding2D pad the model input before the first conv, so
+  its input quantizer reads the Pad: the export looks through it (ResNets asked for
+  input_ranges)."""
+  def build(training):
+    images = v1.placeholder(tf.float32, [None, 8, 8, 1], name="images")
+    if pad == "slim_conv2d_same":
+      padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    else:
+      padded = tf_keras.layers.ZeroPadding2D(1)(images)
+    x = v1.layers.conv2d(padded, 4, 3, strides=2, name="conv1", activation=tf.nn.relu,
+                         kernel_initializer=v1.glorot_uniform_initializer(seed=1))
+    return v1.layers.dense(v1.layers.flatten(x), 10, name="logits",
+                           kernel_initializer=v1.glorot_uniform_initializer(seed=2))
+
+  images = np.random.RandomState(0).uniform(0, 1, (32, 8, 8, 1)).astype(np.float32)
+  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
+                                per_channel_weights=True, quantize_inputs=True)
+  fq = graph.get_operation_by_name("conv1/input_quant/FakeQuantWithMinMaxVars")
+  assert fq.inputs[0].op.type == "Pad"
+  result = to_tflite(graph, str(tmp_path / "padded.tflite"), ["images"], ["logits/BiasAdd"],
+                     checkpoint=checkpoint)
+  low, high = result.input_ranges["images"]
+  assert low == 0.0 and 0.95 < high <= 1.0
+  (agreement,) = compare_tflite(result, {"images": images}).values()
+  assert agreement.equal_share >= 0.99 and agreement.max_lsb <= 1, agreement
+
+
+def test_a_converter_error_keeps_its_cause_and_drops_the_mlir_dump(tmp_path):
+  """The converter's message holds the failing op among kilobytes of MLIR: the error keeps the
+  op and its cause, and the full text stays in the chained exception."""
+  with tf.Graph().as_default() as graph:
+    x = v1.placeholder(tf.float32, [1, 4], name="x")
+    y = tf.quantization.fake_quant_with_min_max_args(x, -1.0, 1.0)
+    per_channel = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        tf.math.lgamma(y), tf.constant([-1.0] * 4), tf.constant([1.0] * 4))
+    tf.quantization.fake_quant_with_min_max_args(per_channel, -1.0, 1.0, name="out")
+  out = tmp_path / "m.tflite"
+  with pytest.raises(ValueError) as raised:
+    to_tflite(graph, str(out), ["x"], ["out"], input_ranges={"x": (-1.0, 1.0)})
+  message = str(raised.value)
+  assert message.startswith("the TFLite converter refused the eval graph (outputs out)")
+  assert "'tf.FakeQuantWithMinMaxVarsPerChannel' op is neither a custom op nor a flex op" in message
+  assert "arith.constant" not in message and len(message) < len(str(raised.value.__cause__))
+  assert not out.exists()

@@ -14,12 +14,16 @@ import tensorflow as tf
 from qat_rewrite.graph.frozen import (VARIABLE_TYPES, constants_from_checkpoint,
                                       resolve_checkpoint)
 from qat_rewrite.graph.frozen import load_graph_def as load_graph_file
+from qat_rewrite.passes import checkpoint as checkpoint_checks
 from qat_rewrite.quant.pool_rounding import is_ties_nudge
 
 FAKE_QUANT_TYPES = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel",
                     "FakeQuantWithMinMaxArgs")
 _ALIAS_TYPES = ("Identity",)
 _RESHAPE_TYPES = ("Identity", "Reshape", "Squeeze", "ExpandDims")
+# Ops between a model input and its quantizer that keep its range: reshapes, and zero or mirror
+# padding (slim's conv2d_same, Keras ZeroPadding2D), since every range holds 0.
+_RANGE_PRESERVING_TYPES = _RESHAPE_TYPES + ("Pad", "MirrorPad")
 
 
 def load_graph_def(model, checkpoint=None):
@@ -52,7 +56,11 @@ def freeze(model, output_nodes, checkpoint=None):
   if checkpoint is None:
     raise ValueError("the graph reads %d variable(s) (e.g. %s): pass the checkpoint to read "
                      "them from, or a frozen GraphDef" % (len(variables), variables[0]))
-  return constants_from_checkpoint(graph_def, resolve_checkpoint(checkpoint), output_nodes)
+  prefix = resolve_checkpoint(checkpoint)
+  return constants_from_checkpoint(
+      graph_def, prefix, output_nodes,
+      check=lambda reader, variables: checkpoint_checks.check(graph_def, reader, prefix,
+                                                           variables))
 
 
 def without_ties_nudges(graph_def, output_nodes):
@@ -112,8 +120,9 @@ def constant_value(graph_def, name):
 
 
 def input_fake_quant_range(graph_def, input_name):
-  """(min, max) of the FakeQuant reading input `input_name`, directly or through ops that only
-  reshape it (a dense layer's input quantizer reads the flattened input), or None."""
+  """(min, max) of the FakeQuant reading input `input_name`, directly or through ops that keep
+  its range (a dense layer's input quantizer reads the flattened input, a ResNet's first conv
+  the zero-padded one), or None."""
   readers = consumers(graph_def)
   frontier = [input_name]
   while frontier:
@@ -125,7 +134,7 @@ def input_fake_quant_range(graph_def, input_name):
         low, high = (constant_value(graph_def, reader.input[i]) for i in (1, 2))
         if low is not None and high is not None:
           return float(low), float(high)
-      if reader.op in _RESHAPE_TYPES and node_name(reader.input[0]) == name:
+      if reader.op in _RANGE_PRESERVING_TYPES and node_name(reader.input[0]) == name:
         frontier.append(reader.name)
   return None
 

@@ -99,4 +99,22 @@ def _convert(graph_def, input_nodes, output_nodes, ranges, shapes, inference_typ
     return converter.convert()
   except Exception as err:  # the converter raises ConverterError and friends
     raise ValueError("the TFLite converter refused the eval graph (outputs %s): %s"
-                     % (", ".join(output_nodes), str(err).strip()[-2000:])) from err
+                     % (", ".join(output_nodes), converter_errors(err))) from err
+
+
+def converter_errors(err):
+  """The lines of a converter error that say what failed, without the MLIR dumps around them.
+
+  The converter prints each failing op with its location and often a constant dump of
+  megabytes; the cause ("op is neither a custom op nor a flex op", "mismatched quantized axes")
+  is the `error:` line, and the op it names is in the `note:`/`loc(` lines.
+  """
+  lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+  causes = [_shorten(line) for line in lines
+            if any(key in line for key in ("error:", "note:", "TF Select ops:", "Custom ops:"))]
+  return "\n".join(dict.fromkeys(causes)) if causes else _shorten(" ".join(lines))
+
+
+def _shorten(line, limit=400):
+  return line if len(line) <= limit else line[:limit] + " ... (%d characters cut)" % (
+      len(line) - limit)

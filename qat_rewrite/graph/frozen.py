@@ -13,7 +13,6 @@ import tensorflow as tf
 from google.protobuf import message
 from tensorflow.python.framework import op_def_registry
 
-from qat_rewrite.passes import settings_record
 
 # Ops that pass their input through unchanged, when looking for a predicate's value.
 _PASS_THROUGH = ("Identity", "PlaceholderWithDefault")
@@ -66,39 +65,51 @@ def resolve_checkpoint(checkpoint):
   return checkpoint
 
 
-def constants_from_checkpoint(graph_def, prefix, needed, missing_hint=""):
+def constants_from_checkpoint(graph_def, prefix, needed, check=None):
   """`graph_def` cut to what the `needed` nodes read, each variable read replaced by its value
-  in checkpoint `prefix`. ValueError naming the checkpoint if it lacks a variable, holds one of
-  another shape, or was trained with other quantization settings; nothing is run."""
+  in checkpoint `prefix`. `check(reader, {variable: shape the graph wants})`, if given, may
+  refuse the checkpoint first. ValueError naming the checkpoint if it lacks a variable or holds
+  one of another shape; nothing is run."""
   reader = tf.train.load_checkpoint(prefix)
-  settings_record.check_checkpoint(settings_record.recorded(graph_def), reader, prefix)
   graph_def = tf.compat.v1.graph_util.extract_sub_graph(graph_def, list(needed))
-  shapes = reader.get_variable_to_shape_map()
   variables = {n.name: n for n in graph_def.node if n.op in VARIABLE_TYPES}
-  missing = sorted(name for name in variables if name not in shapes)
-  if missing:
-    raise ValueError("checkpoint %r lacks %d variable(s) the graph needs, e.g. %s%s"
-                     % (prefix, len(missing), ", ".join(missing[:5]), missing_hint))
+  wanted = {name: _shape(node) for name, node in variables.items()}
+  if check is not None:
+    check(reader, wanted)
+  check_variables(reader, prefix, wanted)
   out = tf.compat.v1.GraphDef()
   out.versions.CopyFrom(graph_def.versions)
   out.library.CopyFrom(graph_def.library)
   for node in graph_def.node:
     read_of = node.input[0] if node.op == "ReadVariableOp" else None
     if node.op in VARIABLE_TYPES or read_of in variables:
-      name = read_of or node.name
-      value = reader.get_tensor(name)
-      expected = variables[name].attr["shape"].shape
-      if not expected.unknown_rank and [d.size for d in expected.dim] != list(value.shape):
-        raise ValueError("checkpoint %r: variable %s has shape %s, the graph wants %s (a "
-                         "checkpoint of another model?)" % (prefix, name, list(value.shape),
-                                                            [d.size for d in expected.dim]))
-      out.node.append(const_node(node.name, value))
+      out.node.append(const_node(node.name, reader.get_tensor(read_of or node.name)))
     else:
       copy = out.node.add()
       copy.CopyFrom(node)
       if "_class" in copy.attr:
         del copy.attr["_class"]  # colocation with variables that are now constants
   return out
+
+
+def _shape(variable_node):
+  shape = variable_node.attr["shape"].shape
+  return None if shape.unknown_rank else [d.size for d in shape.dim]
+
+
+def check_variables(reader, prefix, wanted, missing_hint=""):
+  """ValueError if checkpoint `prefix` lacks a variable of `wanted` ({name: shape or None}) or
+  holds one of another shape."""
+  saved = reader.get_variable_to_shape_map()
+  for name in wanted:  # in graph order: the first layer's mismatch first
+    if name in saved and wanted[name] is not None and wanted[name] != list(saved[name]):
+      raise ValueError("checkpoint %r: variable %s has shape %s, the graph wants %s (a "
+                       "checkpoint of another model?)" % (prefix, name, list(saved[name]),
+                                                          wanted[name]))
+  missing = sorted(name for name in wanted if name not in saved)
+  if missing:
+    raise ValueError("checkpoint %r lacks %d variable(s) the graph needs, e.g. %s%s"
+                     % (prefix, len(missing), ", ".join(missing[:5]), missing_hint))
 
 
 def const_node(name, value, dtype=None):

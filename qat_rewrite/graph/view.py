@@ -31,6 +31,19 @@ class GraphView:
   def op_consumers(self, op):
     return [c for t in op.outputs for c in self.consumers(t)]
 
+  def downstream_of(self, op_types):
+    """The ops that read, directly or not, an output of an op of `op_types`."""
+    cache = self.__dict__.setdefault("_downstream", {})
+    if op_types not in cache:
+      found, pending = set(), [op for op in self.ops if op.type in op_types]
+      while pending:
+        for consumer in self.op_consumers(pending.pop()):
+          if consumer not in found:
+            found.add(consumer)
+            pending.append(consumer)
+      cache[op_types] = found
+    return cache[op_types]
+
   def is_dangling(self, op):
     """True if no output of `op` is consumed (a folded-away batch norm, say)."""
     return not any(self.consumers(t) for t in op.outputs)

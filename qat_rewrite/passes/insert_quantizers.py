@@ -34,6 +34,7 @@ _CHAIN_ROLES_LAST_FIRST = ("forced_updates", "bias", "fold_reshape_back", "folde
                            "batch_to_space", "layer")
 _GENERIC_TYPES = ADD_TYPES + ("Mul",)
 _POOL_TYPES = ("AvgPool", "Mean")
+_CONDITIONAL_TYPES = ("If", "StatelessIf", "Switch")
 # Ops whose output values are input values, so an input quantizer's grid is also theirs
 # (Pad adds zeros, which every range holds).
 _SAME_GRID_TYPES = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "MaxPool", "Max",
@@ -159,10 +160,18 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None,
     quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.training,
                                          delay_reached=settings.delay_reached(scope + "activate_quant"),
                                          use_resource=settings.use_resource,
-                                         nonnegative=tensor.op.type in RELU_TYPES)
+                                         nonnegative=tensor.op.type in RELU_TYPES,
+                                         in_update_ops=_may_update(view, tensor))
   editor.reroute(tensor, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
   return quantized
+
+
+def _may_update(view, tensor):
+  """Whether the range update of a quantizer on `tensor` may join UPDATE_OPS: not behind a
+  training-flag conditional, since Keras' learning-phase copy of a model reads a placeholder
+  (its construction `Input`) that training never feeds."""
+  return tensor.op not in view.downstream_of(_CONDITIONAL_TYPES)
 
 
 def _quantize_model_input(view, tensor, layer, settings, report):

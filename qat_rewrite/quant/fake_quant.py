@@ -141,16 +141,34 @@ def _across_workers(range_min, range_max):
   return mean[0], mean[1]
 
 
-def _updated_range(x, spec, min_var, max_var, channels, use_resource, nonnegative):
+def _updated_range(x, spec, min_var, max_var, channels, use_resource, nonnegative,
+                   in_update_ops):
   range_min, range_max = _across_workers(*_batch_range(x, spec, channels, nonnegative))
   if spec.tracker == LAST_VALUE:
-    return (_assign(min_var, range_min, "AssignMinLast"),
-            _assign(max_var, range_max, "AssignMaxLast"))
-  local_step = new_variable("local_step", [], tf.float32, 0.0, min_var.op.name.rpartition("/")[0],
-                         use_resource)
-  weight = _debiased_weight(local_step, spec.ema_decay)
-  return (_moving_average(min_var, range_min, weight, "AssignMinEma"),
-          _moving_average(max_var, range_max, weight, "AssignMaxEma"))
+    updates = (_assign(min_var, range_min, "AssignMinLast"),
+               _assign(max_var, range_max, "AssignMaxLast"))
+  else:
+    local_step = new_variable("local_step", [], tf.float32, 0.0,
+                              min_var.op.name.rpartition("/")[0], use_resource)
+    weight = _debiased_weight(local_step, spec.ema_decay)
+    updates = (_moving_average(min_var, range_min, weight, "AssignMinEma"),
+               _moving_average(max_var, range_max, weight, "AssignMaxEma"))
+  if in_update_ops:
+    add_to_update_ops(*updates)
+  return updates
+
+
+def add_to_update_ops(*updates):
+  """Puts range updates (assign ops or updated ref tensors) into tf.GraphKeys.UPDATE_OPS.
+
+  The quantized tensor waits for its range update, but a loss built after the rewrite reads the
+  float tensor the user's model_fn returned, so nothing would run the update of the quantizer
+  behind it. TF1 training scripts run UPDATE_OPS with the train op (batch norm needs it too), so
+  the range learns in either script order.
+  """
+  for update in updates:
+    tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS,
+                                   update.op if isinstance(update, tf.Tensor) else update)
 
 
 def _moving_average(var, value, weight, name):
@@ -170,7 +188,7 @@ def _debiased_weight(local_step, decay):
 
 
 def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reached=None,
-                  use_resource=None, nonnegative=False):
+                  use_resource=None, nonnegative=False, in_update_ops=False):
   """Returns `x` fake-quantized under `spec`, with its range variables in `scope`.
 
   `scope` is an absolute name scope ending in '/'. In training the range follows
@@ -179,6 +197,7 @@ def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reache
   `delay_reached`, a scalar bool, passes `x` through unchanged until it is true.
   `use_resource` picks resource or ref variables (None: TensorFlow's default).
   `nonnegative` says `x` is never below 0 (a ReLU output), so its minimum need not be measured.
+  `in_update_ops` also puts the training range update in UPDATE_OPS (see `add_to_update_ops`).
   """
   graph = x.graph
   var_scope = scope.rstrip("/")
@@ -196,7 +215,7 @@ def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reache
       updates = (None, None)
       if training:
         updates = _updated_range(source, spec, min_var, max_var, channels, use_resource,
-                                 nonnegative)
+                                 nonnegative, in_update_ops)
     fake_quant_op = (tf.quantization.fake_quant_with_min_max_vars_per_channel if channels
                      else tf.quantization.fake_quant_with_min_max_vars)
     with tf.name_scope("FakeQuantWithMinMaxVars" + ("PerChannel" if channels else "")) as op_name:

@@ -17,7 +17,7 @@ reference) and a TF form (training graphs).
 import numpy as np
 import tensorflow as tf
 
-from qat_rewrite.quant.fake_quant import new_variable
+from qat_rewrite.quant.fake_quant import add_to_update_ops, new_variable
 
 ALL_ZERO_POS = 127
 CANDIDATES = 5  # method 1/2 try pos_0 + 0 .. 4
@@ -159,6 +159,7 @@ def tracked_position(x, bits, method, scope, training, rounding=HALF_AWAY, depth
     pos = tf.clip_by_value(choose_pos_tf(x, bits, method, rounding, depthwise),
                            MIN_TRACKED_POS, ALL_ZERO_POS)
     count = tf.compat.v1.scatter_add(histogram, [pos - MIN_TRACKED_POS], tf.ones([1], tf.int64))
+    add_to_update_ops(count)
     with tf.control_dependencies([count]):
       return tf.identity(pos, name="batch_pos")
 
@@ -179,7 +180,9 @@ def tracked_pos(histogram):
   trained = tf.raw_ops.Assert(
       condition=tf.reduce_sum(counts) > 0, data=[tf.constant(
           "no training position recorded for %s: restore a checkpoint of the rewritten training "
-          "graph" % histogram.op.name)], name="assert_trained")
+          "graph, trained by a train op that runs tf.GraphKeys.UPDATE_OPS (a loss built after "
+          "the rewrite reads the float output, and only UPDATE_OPS updates its position)"
+          % histogram.op.name)], name="assert_trained")
   with tf.control_dependencies([trained]):
     first_mode = tf.reduce_min(tf.where(tf.equal(counts, tf.reduce_max(counts)))[:, 0])
   return tf.cast(first_mode, tf.int32) + MIN_TRACKED_POS

@@ -12,6 +12,7 @@ from absl import logging
 
 from qat_rewrite import files
 from qat_rewrite.graph import frozen
+from qat_rewrite.passes import checkpoint as checkpoint_checks
 from qat_rewrite.targets.dpu import deploy_model, rewrite
 from qat_rewrite.targets.dpu.plan import BIAS, WEIGHTS
 
@@ -41,10 +42,11 @@ def deploy_contents(graph, config, checkpoint, fixneuron_model=True):
   prefix = frozen.resolve_checkpoint(checkpoint)
   plan = done.plan
   outputs = [_quantized_name(plan, name) for name in config.output_nodes]
+  graph_def = graph.as_graph_def()
   constant = frozen.constants_from_checkpoint(
-      graph.as_graph_def(), prefix, outputs + [p.name + "/pos" for p in plan.points],
-      missing_hint=" (the quantizers' position histograms? Save the checkpoint from the graph "
-                   "rewritten by CreateQuantizeTrainingGraph)")
+      graph_def, prefix, outputs + [p.name + "/pos" for p in plan.points],
+      check=lambda reader, variables: checkpoint_checks.check(graph_def, reader, prefix,
+                                                           variables))
   positions, values = _evaluate(constant, plan)
   eval_model = _frozen_eval_model(constant, plan, positions, values, config, outputs)
   contents = {EVAL_MODEL: eval_model.SerializeToString()}

@@ -160,6 +160,8 @@ def make_plan(graph, scope, input_names, ignore, precision, folded, pool_scales,
       float_ops.append(FloatOp(op.name, op.type, "no quantizable pattern matched"))
     elif op.type in UNSUPPORTED_COMPUTE_TYPES:
       float_ops.append(FloatOp(op.name, op.type, "%s is not a supported layer type" % op.type))
+  for name in output_names:
+    builder.name_after_output(graph.get_operation_by_name(name))
   float_ops.extend(FloatOp(op.name, op.type, "outside the input_nodes → output_nodes subgraph")
                    for op in builder.view.ops if op.type in LAYER_TYPES and op not in scope
                    and not builder.view.is_dangling(op))
@@ -215,6 +217,13 @@ class _Builder:
     self._by_tensor[tensor.ref()] = point
     self.points.append(point)
     return point
+
+  def name_after_output(self, op):
+    """An output node that only passes a quantized tensor on (an Identity, e.g. `net_out`)
+    names that tensor's point `<output node>/aquant`: what deploy's outputs are called."""
+    point = self.quantized(op.outputs[0]) if op.type == "Identity" else None
+    if point is not None and point.tensor is not op.outputs[0]:
+      point.name = "%s/aquant" % op.name
 
   def activation(self, tensor, kind, *names):
     """An `aquant` read by every consumer of `tensor` (outside the subgraph too, as decent_q)."""
