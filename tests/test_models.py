@@ -179,7 +179,7 @@ def test_nchw_convolution_stays_float_and_is_reported():
     assert "data_format NCHW" in str(report)
 
 
-def test_unsupported_compute_and_lone_batch_norm_are_reported_as_float():
+def test_unsupported_compute_is_reported_as_float_and_a_lone_batch_norm_folds():
   graph = tf.Graph()
   with graph.as_default():
     images = tf.compat.v1.placeholder(tf.float32, [4, 8, 8, 3])
@@ -190,4 +190,6 @@ def test_unsupported_compute_and_lone_batch_norm_are_reported_as_float():
     report = quantize.create_eval_graph(graph)
   reasons = {f.op: f.reason for f in report.float_ops}
   assert "not a supported layer type" in reasons["bmm"]
-  assert "does not follow a weight layer" in reasons["input_bn/FusedBatchNormV3"]
+  assert "input_bn/FusedBatchNormV3" not in reasons
+  folded = {layer.layer: layer.folded_batch_norm for layer in report.layers}
+  assert folded == {"input_bn/depthwise": "input_bn/FusedBatchNormV3"}  # a unit layer

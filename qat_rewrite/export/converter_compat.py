@@ -47,6 +47,38 @@ def dense_per_channel_as_conv(graph_def, output_nodes):
   return tf.compat.v1.graph_util.extract_sub_graph(out, list(output_nodes))
 
 
+def squeeze_as_reshape(graph_def, output_nodes):
+  """Squeeze of non-batch axes -> Reshape to [-1, remaining dims]: the same values.
+
+  The converter is given a batch of 1 and makes a Squeeze (slim's SpatialSqueeze before the
+  logits) a RESHAPE to the fixed shape [1, C], which the interpreter cannot resize to another
+  batch. A Reshape to [-1, C] keeps the batch free.
+  """
+  squeezes = [n for n in graph_def.node if n.op == "Squeeze" and n.attr["squeeze_dims"].list.i]
+  if not squeezes:
+    return graph_def
+  shapes = _static_shapes(graph_def, [n.input[0] for n in squeezes])
+  out = tf.compat.v1.GraphDef()
+  out.CopyFrom(graph_def)
+  by_name = {n.name: n for n in out.node}
+  for squeeze in squeezes:
+    shape = shapes[squeeze.input[0]]
+    if shape is None:
+      continue
+    axes = {a % len(shape) for a in squeeze.attr["squeeze_dims"].list.i}
+    kept = [d for i, d in enumerate(shape) if i not in axes][1:]
+    if 0 in axes or None in kept:
+      continue
+    node = by_name[squeeze.name]
+    shape_name = node.name + "/as_reshape/shape"
+    out.node.append(const_node(shape_name, [-1] + kept, "int32"))
+    replacement = _node(node.name, "Reshape", [node.input[0], shape_name], T=node.attr["T"],
+                        Tshape=_type(tf.int32))
+    node.Clear()
+    node.CopyFrom(replacement)
+  return tf.compat.v1.graph_util.extract_sub_graph(out, list(output_nodes))
+
+
 def _producer_through(nodes, tensor, pass_types):
   node = nodes.get(frozen.node_name(tensor))
   while node is not None and node.op in pass_types:

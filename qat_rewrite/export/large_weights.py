@@ -1,16 +1,23 @@
-"""Splits a convolution whose per-channel quantized weights are too large for the TFLite converter.
+"""Splits a convolution whose quantized weights are too large for the TFLite converter.
 
-The converter turns the FakeQuantWithMinMaxVarsPerChannel of a constant weight into an int8
-constant by evaluating it with TF's MLIR constant folder, which refuses any op whose operands hold
-more than 2**30 bits (128 MiB; `kOperandsSizeThreshold` in tensorflow/compiler/mlir/tensorflow/
-transforms/constant_fold.cc). Measured on TF 2.21: a weight of N float32 elements with C
-channels folds while N + 2*C <= 2**25 (its min and max count too; the result's size does not) and
-is otherwise left as a TF op the converter refuses ("neither a custom op nor a flex op"): slim's
-vgg_16 fc6 weight (7x7x512x4096, 102.8M elements) is three times over. A per-tensor
-FakeQuantWithMinMaxVars is not folded but legalized directly, at any size.
+The converter turns the FakeQuant of a constant weight into int8 constants by evaluating it with
+TF's MLIR constant folder, which skips any op whose operands hold more than 2**30 bits (128 MiB;
+`kOperandsSizeThreshold` in tensorflow/compiler/mlir/tensorflow/transforms/constant_fold.cc; the
+result's size does not matter). Measured on TF 2.21 with a 1x1 conv of 8000 input channels:
 
-A 1x1 Conv2D from `converter_compat.dense_per_channel_as_conv` is handled too; run this after it.
+- FakeQuantWithMinMaxVarsPerChannel of N weights, C channels: folds while N + 2C <= 2**25
+  floats (4193 channels convert, 4194 do not, though the weight alone is under). Over it the op
+  stays and the converter refuses it ("neither a custom op nor a flex op"). slim's vgg_16 fc6
+  weight (7x7x512x4096) is 3.1 times over.
+- FakeQuantWithMinMaxVars (per-tensor) over N + 2 > 2**25 is not folded either, but converted:
+  the converter quantizes the float weights itself, and near-ties may round the other way
+  (8000x4195: 116 of the 33.6M weights one step off the FakeQuant grid).
+
+Both are split here. A 1x1 Conv2D from `converter_compat.dense_per_channel_as_conv` is handled
+too; run this after it.
 """
+
+import collections
 
 import numpy as np
 import tensorflow as tf
@@ -21,17 +28,18 @@ from qat_rewrite.graph.frozen import const_node
 OPERAND_LIMIT_BITS = 1 << 30
 _FLOAT_BITS = 32
 _PASS_TYPES = ("Identity", "Reshape")
+_WEIGHT_QUANT_TYPES = ("FakeQuantWithMinMaxVarsPerChannel", "FakeQuantWithMinMaxVars")
 _ELEMENTWISE_TYPES = ("Identity", "Relu", "Relu6")
 _PER_TENSOR_TYPES = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxArgs")
 
 
 def split_large_weights(graph_def, output_nodes, limit_bits=OPERAND_LIMIT_BITS):
-  """Each Conv2D whose per-channel FakeQuant weight is over `limit_bits` -> the same layer
+  """Each Conv2D whose weight FakeQuant reads more than `limit_bits` -> the same layer
   computed as several convolutions over slices of the output channels, concatenated.
 
   Every output channel depends only on its own weights, range, bias and activation, so the
   slices compute exactly the same numbers, and each slice's FakeQuant is small enough to be
-  folded into the same int8 weights and per-channel scales. The bias and the channel-wise ops
+  folded into the integers and scales of the FakeQuant grid. The bias and the channel-wise ops
   up to the layer's activation FakeQuant (BiasAdd, Relu, Relu6, Identity, a Reshape keeping the
   channel axis) move into the slices, so each slice still converts to one fused CONV_2D; the
   FakeQuant then reads the CONCATENATION (which takes its range) and is unchanged. A layer
@@ -55,19 +63,15 @@ def split_large_weights(graph_def, output_nodes, limit_bits=OPERAND_LIMIT_BITS):
   return tf.compat.v1.graph_util.extract_sub_graph(out, list(output_nodes))
 
 
-class _Plan:
-  """One convolution to split: its weight FakeQuant and constants, and the ops that follow."""
-
-  def __init__(self, conv, fake_quant, weight_const, low, high, chain):
-    self.conv, self.fake_quant, self.weight_const = conv, fake_quant, weight_const
-    self.low, self.high, self.chain = low, high, chain
+# One convolution to split: its weight's FakeQuant, constant and range, and the ops after it.
+_Plan = collections.namedtuple("_Plan", "conv fake_quant weight_const low high chain")
 
 
 def _plan(graph_def, nodes, conv, limit_bits):
   if conv.attr["data_format"].s not in (b"", b"NHWC"):
     return None
   fake_quant = _producer_through(nodes, conv.input[1])
-  if fake_quant is None or fake_quant.op != "FakeQuantWithMinMaxVarsPerChannel":
+  if fake_quant is None or fake_quant.op not in _WEIGHT_QUANT_TYPES:
     return None
   weight_const = _producer_through(nodes, fake_quant.input[0])
   if (weight_const is None or weight_const.op != "Const"
@@ -80,9 +84,9 @@ def _plan(graph_def, nodes, conv, limit_bits):
   if low is None or high is None or _FLOAT_BITS * (elements + low.size + high.size) <= limit_bits:
     return None
   shapes = [_shape_through(graph_def, nodes, t) for t in (fake_quant.input[0], conv.input[1])]
-  if any(shape is None or shape[-1] != low.size for shape in shapes):
+  if None in shapes or shapes[0][-1] != shapes[1][-1] or low.size not in (1, shapes[1][-1]):
     return None
-  chain = _channelwise_chain(graph_def, conv, low.size)
+  chain = _channelwise_chain(graph_def, conv, shapes[1][-1])
   return None if chain is None else _Plan(conv, fake_quant, weight_const, low, high, chain)
 
 
@@ -128,9 +132,13 @@ def _keeps_channels(graph_def, node, channels):
 
 def _split(out, by_name, graph_def, nodes, plan, limit_bits):
   weights = _weights(graph_def, nodes, plan)
-  channels = plan.low.size
-  per_channel = weights.size // channels + 2  # its weights, min and max
-  parts = -(-channels // (limit_bits // (_FLOAT_BITS * per_channel)))
+  channels = weights.shape[-1]
+  # the floats a slice's FakeQuant reads: per channel its weights (and a min and max if
+  # per-channel), plus one min and max if per-tensor
+  per_channel_range = plan.fake_quant.op == "FakeQuantWithMinMaxVarsPerChannel"
+  per_channel = weights.size // channels + (2 if per_channel_range else 0)
+  width = (limit_bits // _FLOAT_BITS - (0 if per_channel_range else 2)) // per_channel
+  parts = -(-channels // width)
   ends = []
   for index, part in enumerate(np.array_split(np.arange(channels), parts)):
     scope = _unique(by_name, "%s/split_%d" % (plan.conv.name, index)) + "/"
@@ -163,7 +171,7 @@ def _shape_through(graph_def, nodes, tensor):
   node = nodes.get(frozen.node_name(tensor))
   if node is None or node.op == "Const":
     return None if node is None else _const_shape(node)
-  if node.op not in _PASS_TYPES + ("FakeQuantWithMinMaxVarsPerChannel",):
+  if node.op not in _PASS_TYPES + _WEIGHT_QUANT_TYPES:
     return None
   source = _shape_through(graph_def, nodes, node.input[0])
   if source is None or node.op != "Reshape":
@@ -183,8 +191,8 @@ def _part(graph_def, plan, weights, start, stop, scope):
   fake_quant.input[:] = [scope + "weights", scope + "min", scope + "max"]
   new_nodes = [
       const_node(scope + "weights", np.ascontiguousarray(weights[..., start:stop])),
-      const_node(scope + "min", plan.low[start:stop]),
-      const_node(scope + "max", plan.high[start:stop]),
+      const_node(scope + "min", _channels(plan.low, start, stop)),
+      const_node(scope + "max", _channels(plan.high, start, stop)),
       fake_quant,
   ]
   conv = _copy(plan.conv, scope + "Conv2D")
@@ -198,6 +206,11 @@ def _part(graph_def, plan, weights, start, stop, scope):
     new_nodes.append(step)
     previous = step.name
   return new_nodes, previous
+
+
+def _channels(value, start, stop):
+  """A per-channel range's slice; a per-tensor range whole."""
+  return value if value.ndim == 0 else value[start:stop]
 
 
 def _sliced_operand(graph_def, node, step, start, stop):
@@ -229,6 +242,8 @@ def _copy(node, name):
   copy = tf.compat.v1.NodeDef()
   copy.CopyFrom(node)
   copy.name = name
+  if "_output_shapes" in copy.attr:  # the whole layer's: wrong for a slice
+    del copy.attr["_output_shapes"]
   return copy
 
 

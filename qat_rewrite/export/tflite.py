@@ -13,7 +13,7 @@ from typing import Dict, List, Tuple
 import tensorflow as tf
 
 from qat_rewrite import files
-from qat_rewrite.export import arguments, converter_compat, frozen, integer_check
+from qat_rewrite.export import arguments, converter_compat, frozen, integer_check, large_weights
 from qat_rewrite.quant import pool_rounding
 
 _TYPES = {"int8": (tf.int8, -128, 127), "uint8": (tf.uint8, 0, 255)}
@@ -46,7 +46,8 @@ def to_tflite(model, output_path, input_nodes, output_nodes, checkpoint=None, in
     input_ranges: {input node: (min, max)}, the float range the integer input covers. Taken
       from a FakeQuant reading the input when there is one; required otherwise.
     input_shapes: {input node: shape}; default: the placeholder's shape with an unknown
-      batch dimension set to 1 (the interpreter can resize it).
+      batch dimension set to 1 (the interpreter can resize it; a Squeeze is exported as a
+      Reshape to [-1, ...] so that it can).
     inference_type: "int8" (per-channel or per-tensor weights) or "uint8" (per-tensor
       weights only; TFLite has no uint8 per-channel kernels).
 
@@ -89,6 +90,8 @@ def _convert(graph_def, input_nodes, output_nodes, ranges, shapes, inference_typ
   graph_def = frozen.without_ties_nudges(graph_def, output_nodes)
   if inference_type == "int8":
     graph_def = converter_compat.dense_per_channel_as_conv(graph_def, output_nodes)
+  graph_def = large_weights.split_large_weights(graph_def, output_nodes)
+  graph_def = converter_compat.squeeze_as_reshape(graph_def, output_nodes)
   converter = tf.compat.v1.lite.TFLiteConverter(
       graph_def, None, None, input_arrays_with_shape=[(n, shapes[n]) for n in input_nodes],
       output_arrays=list(output_nodes))

@@ -35,14 +35,18 @@ class GraphView:
     """The ops that read, directly or not, an output of an op of `op_types`."""
     cache = self.__dict__.setdefault("_downstream", {})
     if op_types not in cache:
-      found, pending = set(), [op for op in self.ops if op.type in op_types]
-      while pending:
-        for consumer in self.op_consumers(pending.pop()):
-          if consumer not in found:
-            found.add(consumer)
-            pending.append(consumer)
-      cache[op_types] = found
+      cache[op_types] = self.readers_of([op for op in self.ops if op.type in op_types])
     return cache[op_types]
+
+  def readers_of(self, ops):
+    """The ops that read, directly or not, an output of one of `ops`."""
+    found, pending = set(), list(ops)
+    while pending:
+      for consumer in self.op_consumers(pending.pop()):
+        if consumer not in found:
+          found.add(consumer)
+          pending.append(consumer)
+    return found
 
   def is_dangling(self, op):
     """True if no output of `op` is consumed (a folded-away batch norm, say)."""
@@ -116,6 +120,60 @@ def value_of(tensor, name):
   return tensor
 
 
+_RANDOM_TYPES = frozenset({"RandomUniform", "RandomStandardNormal", "TruncatedNormal",
+                           "StatelessRandomUniformV2", "StatelessRandomUniform"})
+_MASK_TYPES = frozenset({"GreaterEqual", "Greater", "Less", "Cast", "Floor", "Add", "AddV2",
+                         "Mul", "RealDiv", "Sub", "Identity"})
+_SCALE_TYPES = ("Mul", "RealDiv")
+
+
+def _random_mask(tensor, depth=5):
+  """True if `tensor` is a random mask: computed from a random op by a few element-wise ops."""
+  op = tensor.op
+  if op.type in _RANDOM_TYPES:
+    return True
+  return depth > 0 and op.type in _MASK_TYPES and any(
+      _random_mask(t, depth - 1) for t in op.inputs)
+
+
+def dropout_input(op):
+  """The tensor a dropout op passes on, or None if `op` is not one.
+
+  Dropout (tf.nn.dropout, slim, Keras Dropout and stochastic depth) is a SelectV2 or Mul by a
+  random mask, of the input scaled by 1/keep_prob; it runs in the training graph only, so the
+  rewrite looks through it to place the same quantizers as in the eval graph. For the scaling
+  op that only feeds a dropout, this is its own input as well.
+  """
+  if op.type in ("SelectV2", "Select", "Mul") and any(_random_mask(t) for t in op.inputs):
+    data = [t for t in op.inputs if t.dtype.is_floating and not _random_mask(t)
+            and constant_value(t) is None]
+    if len(data) != 1:
+      return None
+    scaled = data[0].op
+    if scaled.type in _SCALE_TYPES and len(scaled.outputs[0].consumers()) == 1:
+      unscaled = _scaled_input(scaled)
+      return data[0] if unscaled is None else unscaled
+    return data[0]
+  consumers = op.outputs[0].consumers() if op.type in _SCALE_TYPES else []
+  if len(consumers) == 1 and dropout_input(consumers[0]) is not None:
+    return _scaled_input(op)
+  return None
+
+
+def is_dropout(op):
+  """True if `op` is the random select or mask multiply of a dropout."""
+  return op.type in ("SelectV2", "Select", "Mul") and dropout_input(op) is not None and any(
+      _random_mask(t) for t in op.inputs)
+
+
+def _scaled_input(op):
+  """x of `x * c` or `x / c` with a constant c, else None."""
+  variable = [t for t in op.inputs if constant_value(t) is None]
+  if len(variable) != 1 or (op.type == "RealDiv" and op.inputs[0] is not variable[0]):
+    return None  # c / x scales nothing
+  return variable[0]
+
+
 def sole_relu_consumer(op):
   """The ReLU/ReLU6 that is the only consumer of `op`'s output, or None (TFLite fuses them)."""
   consumers = op.outputs[0].consumers()
@@ -125,18 +183,17 @@ def sole_relu_consumer(op):
 
 
 def is_channel_vector(tensor):
-  """True if `tensor` holds one value per channel: shape [C] or [1, ..., 1, C]."""
+  """True if `tensor` holds one value per channel: shape [C] or [1, ..., 1, C]. A scalar is
+  not: `x + 3` (hard-swish) adds no bias."""
   shape = tensor.shape
-  if shape.rank is None:
+  if shape.rank is None or shape.rank == 0:
     return False
-  if shape.rank <= 1:
-    return True
   return all(d == 1 for d in shape.as_list()[:-1])
 
 
 def is_activation_tensor(tensor):
-  """The opposite of a channel vector: a residual operand, not a bias."""
-  return not is_channel_vector(tensor)
+  """Neither a channel vector nor a scalar: a residual operand, not a bias."""
+  return tensor.shape.rank != 0 and not is_channel_vector(tensor)
 
 
 def context(op_or_name):

@@ -7,7 +7,8 @@ Roles captured: `layer` (the weight op), `batch_to_space` (atrous convolution),
 """
 
 from qat_rewrite.graph.pattern import Any, OneOf, Op, Optional
-from qat_rewrite.graph.view import is_activation_tensor, is_channel_vector, sole_relu_consumer
+from qat_rewrite.graph.view import (is_activation_tensor, is_channel_vector, is_dropout,
+                                    sole_relu_consumer)
 from qat_rewrite.layers.catalogue import ACTIVATION_TYPES, ADD_TYPES, LAYER_TYPES
 
 FUSED_BATCH_NORM_TYPES = ("FusedBatchNorm", "FusedBatchNormV3")
@@ -41,11 +42,23 @@ def quantizable_layer():
   chain = _layer_chain()
   pre_activation = Optional(Op(ADD_TYPES, [chain, Any(role="bypass_value", where=is_activation_tensor)],
                                role="bypass", ordered=False))
-  activation = Op(ACTIVATION_TYPES, [pre_activation], role="activation")
+  activation = OneOf(Op(ACTIVATION_TYPES, [pre_activation], role="activation"),
+                     _dropout(pre_activation))
   # An add followed by a ReLU is the next layer's pre-activation bypass, not this one's post-bypass.
   post_bypass = Op(ADD_TYPES, [activation, Any(role="post_bypass_value", where=is_activation_tensor)],
                    role="post_bypass", ordered=False, where=_not_followed_by_relu)
   return OneOf(post_bypass, activation, pre_activation)
+
+
+def _dropout(inner):
+  """A dropout of `inner` (tf.nn.dropout, Keras Dropout and stochastic depth: a random select of
+  the input scaled by 1/keep; TF1: the scaled input times a random mask), in the `activation`
+  role: the eval graph has an Identity there (Keras) or nothing, and the training rewrite must
+  place the quantizers the eval rewrite places."""
+  scaled = Op(("Mul", "RealDiv"), [inner, Any()], ordered=False)
+  return OneOf(Op(("SelectV2", "Select"), [Any(), scaled, Any()], role="activation",
+                  where=is_dropout),
+               Op("Mul", [scaled, Any()], role="activation", ordered=False, where=is_dropout))
 
 
 def compute_layer():

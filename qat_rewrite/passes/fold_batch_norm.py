@@ -31,6 +31,7 @@ from qat_rewrite.layers.patterns import fused_batch_norm, unfused_batch_norm
 from qat_rewrite.quant import fake_quant
 
 _CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
+_SHAPE_ONLY_TYPES = ("Shape", "ShapeN", "Size", "Rank")  # read no values: a fold changes none
 _MUL_FOLD = re.compile(r"mul_fold(_\d+)?")  # TF numbers a second one in the same scope
 # graph -> {name of a batch norm's last op: the tensor that replaced its output}
 _REPLACED = weakref.WeakKeyDictionary()
@@ -120,12 +121,25 @@ def find_batch_norm_folds(view, in_scope):
         continue
       reason = _unsupported(m, fused) or (
           "a batch norm on a reshaped input must be reshaped back by a single Reshape"
-          if m.has("reshape") and _reshape_back(view, bn) is None else None)
+          if m.has("reshape") and _reshape_back(view, bn) is None else None) or (
+              _shared_input(view, bn) if fused else None)
       if reason:
         reasons.append((bn, reason))
         continue
       folds.append(_describe(view, m, fused))
   return folds, reasons, folded_before
+
+
+def _shared_input(view, bn):
+  """Why a fused batch norm cannot fold into the layer before it when something else reads
+  the layer output too (a residual shortcut): folding rescales that output in place."""
+  read = bn.inputs[0].op.inputs[0] if bn.inputs[0].op.type == "Reshape" else bn.inputs[0]
+  others = [c.name for c in view.consumers(read) if c is not bn and c is not bn.inputs[0].op
+            and c.type not in _SHAPE_ONLY_TYPES
+            and not c.type.startswith("FusedBatchNormGrad")]  # its own gradient
+  if others:
+    return "the layer output is also read by %s; folding would change what it reads" % others[0]
+  return None
 
 
 def _reshape_back(view, bn):

@@ -20,8 +20,8 @@ import tensorflow as tf
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.graph.view import (FAKE_QUANT_TYPES, RELU_TYPES, GraphView, constant_value,
-                                    context, is_fake_quantized, join, sole_relu_consumer,
-                                    variable_source)
+                                    context, dropout_input, is_dropout, is_fake_quantized, join,
+                                    sole_relu_consumer, variable_source)
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
@@ -61,7 +61,7 @@ def insert_quantizers(graph, settings, folded):
   # A layer's chain ends where the scope ends; folded-away ops never run.
   excluded = folded_away_ops(view) | {op for op in view.ops if not settings.in_scope(op)}
   matches = find_matches(quantizable_layer(), view.ops, "layer", exclude=excluded)
-  reports, quantized_weights, layer_ops, biases = [], {}, set(), []
+  reports, quantized_weights, layer_ops, inputs = [], {}, set(), []
   float_ops = _unmatched_layers(view, matches, settings)
   for m in matches:
     layer = m.op("layer")
@@ -74,9 +74,14 @@ def insert_quantizers(graph, settings, folded):
       float_ops.append(FloatOp(layer.name, layer.type, why))
       continue
     reports.append(_quantize_layer(view, m, settings, folded, quantized_weights))
-    if m.has("bias"):
-      biases.append((m, reports[-1]))
+    inputs.append((m, reports[-1]))
   others = _quantize_generic_ops(graph, settings, layer_ops)
+  if settings.quantize_inputs:  # after every output quantizer: layers are not in graph order
+    for m, report in inputs:
+      layer = m.op("layer")
+      _quantize_model_input(view, layer.inputs[kind_of(layer).data_input], layer, settings,
+                            report)
+  biases = [(m, report) for m, report in inputs if m.has("bias")]
   # Last: every input quantizer (pools, generic ops) exists by now.
   for m, report in biases:
     report.bias_quantized = _quantize_bias(m.op("layer"), m.op("bias"), m.tensor("bias_value"))
@@ -89,15 +94,16 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
   kind = kind_of(layer)
   report = LayerReport(layer=layer.name, kind=kind.name, folded_batch_norm=folded.get(layer.name))
   _quantize_weights(view, layer, kind, settings, quantized_weights, report)
-  if settings.quantize_inputs:
-    _quantize_model_input(view, layer.inputs[kind.data_input], layer, settings, report)
   ctx = context(layer)
   last = next(m.op(role) for role in _CHAIN_ROLES_LAST_FIRST if m.has(role))
   # TFLite fuses only ReLU/ReLU6 into a conv or an ADD (not into TRANSPOSE_CONV) and drops an
   # Identity; before any other activation (LeakyRelu) the layer output or the sum is a tensor of
   # its own: its own range.
   fusable = RELU_TYPES if m.has("bypass") or kind.fuses_relu else ()
-  unfused = m.has("activation") and m.op("activation").type not in fusable + ("Identity",)
+  # An Identity or a dropout (the eval graph's Identity) passes the layer output on unchanged.
+  passes_on = m.has("activation") and (m.op("activation").type == "Identity"
+                                       or is_dropout(m.op("activation")))
+  unfused = m.has("activation") and not passes_on and m.op("activation").type not in fusable
   if unfused and not m.has("bypass"):
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
                      settings.activation_spec(), report)
@@ -115,8 +121,10 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
   if m.has("activation"):
     last = m.op("activation")
   if m.has("activation") or not m.has("bypass"):
-    _quantize_output(view, last.outputs[0], join(ctx, "act_quant"), settings,
-                     settings.activation_spec(), report)
+    # Before a dropout: training quantizes what eval quantizes, the values it drops at random.
+    output = dropout_input(last) if is_dropout(last) else last.outputs[0]
+    _quantize_output(view, output, join(ctx, "act_quant"), settings, settings.activation_spec(),
+                     report)
   if m.has("post_bypass"):
     _quantize_output(view, m.tensor("post_bypass"), join(context(m.op("post_bypass")),
                      "post_activation_bypass_quant"), settings, settings.activation_spec(), report)
@@ -168,10 +176,25 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None,
 
 
 def _may_update(view, tensor):
-  """Whether the range update of a quantizer on `tensor` may join UPDATE_OPS: not behind a
-  training-flag conditional, since Keras' learning-phase copy of a model reads a placeholder
-  (its construction `Input`) that training never feeds."""
-  return tensor.op not in view.downstream_of(_CONDITIONAL_TYPES)
+  """Whether the range update of a quantizer on `tensor` may join UPDATE_OPS: not in a model
+  selected by a training-flag conditional. Keras leaves such a copy of every model constructed
+  in a graph, reading a placeholder (its construction `Input`) that training never feeds."""
+  return tensor.op not in _learning_phase_models(view)
+
+
+def _learning_phase_models(view):
+  """The ops downstream of a Placeholder that a training-flag conditional also reads from."""
+  cache = view.__dict__.setdefault("_learning_phase_models", [])
+  if not cache:
+    conditionals = view.downstream_of(_CONDITIONAL_TYPES) | {
+        op for op in view.ops if op.type in _CONDITIONAL_TYPES}
+    found = set()
+    for placeholder in (op for op in view.ops if op.type == "Placeholder"):
+      readers = view.readers_of([placeholder])
+      if readers & conditionals:
+        found |= readers
+    cache.append(found)
+  return cache[0]
 
 
 def _quantize_model_input(view, tensor, layer, settings, report):
@@ -195,8 +218,8 @@ def _quantize_generic_ops(graph, settings, layer_ops):
   view = GraphView(graph)
   names, memo = [], {}
   for op in list(view.ops):
-    if op in layer_ops or not settings.in_scope(op):
-      continue
+    if op in layer_ops or not settings.in_scope(op) or dropout_input(op) is not None:
+      continue  # dropout runs in training only: quantizing it would add a train-only range
     holder = LayerReport(layer=op.name, kind="output")
     if op.type in _POOL_TYPES:
       _quantize_pool(view, op, settings, memo, holder)
@@ -293,6 +316,8 @@ def _input_quantizer(tensor):
       delay, tensor = op.inputs[0], op.inputs[1]
     elif op.type in _SAME_GRID_TYPES and op.inputs:
       tensor = op.inputs[0]
+    elif dropout_input(op) is not None:  # eval reads the input itself
+      tensor = dropout_input(op)
     else:
       return None, None
 
@@ -314,6 +339,8 @@ def _reaches_fake_quant(tensor, memo):
     memo[op] = False  # guards against revisiting while the answer is pending
     if is_fake_quantized(tensor):
       memo[op] = True
+    elif dropout_input(op) is not None:
+      memo[op] = _reaches_fake_quant(dropout_input(op), memo)
     elif op.type in PASS_THROUGH_TYPES and op.inputs:
       memo[op] = _reaches_fake_quant(op.inputs[0], memo)
     elif op.type in _GENERIC_TYPES:

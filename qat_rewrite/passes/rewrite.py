@@ -6,7 +6,7 @@ import time
 from absl import logging
 
 from qat_rewrite.graph.view import GraphView
-from qat_rewrite.passes import checks, settings_record
+from qat_rewrite.passes import checks, lone_batch_norm, settings_record
 from qat_rewrite.passes.fold_batch_norm import apply_folds, find_batch_norm_folds
 from qat_rewrite.passes.insert_quantizers import Settings, insert_quantizers
 from qat_rewrite.quant import fake_quant, pool_rounding
@@ -27,21 +27,36 @@ def _check_delay(name, value):
                      % (name, value))
 
 
-def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None):
+def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None,
+                          fold_lone_batch_norms=False):
   """The steps every target shares: refuse what cannot be rewritten, then fold batch norms.
 
-  Returns (report, folded, excluded, use_resource): the report so far, layer name -> folded
-  batch norm name, layers that must stay float -> why, and whether the graph uses resource
-  variables. Nothing is edited before every check has passed.
+  With `fold_lone_batch_norms`, a batch norm that follows no weight layer first gets a unit
+  depthwise layer to fold into (see `lone_batch_norm`). Returns (report, folded, excluded,
+  use_resource): the report so far, layer name -> folded batch norm name, layers that must
+  stay float -> why, and whether the graph uses resource variables. Nothing is edited before
+  every check has passed.
   """
   checks.check_no_training_ops(graph)
   conditional = checks.conditional_batch_norms(graph, in_scope)
   folds, unfoldable, folded_before = find_batch_norm_folds(GraphView(graph), in_scope)
-  if conditional and not folds and not folded_before:
+  # A graph rewritten before has its lone batch norms folded (and folds' own batch norms).
+  first_rewrite = settings_record.recorded(graph) is None
+  lone = (lone_batch_norm.lone_batch_norms(graph, in_scope, folds)
+          if fold_lone_batch_norms and first_rewrite else [])
+  if conditional and not folds and not folded_before and not lone:
     checks.raise_conditional_batch_norm(next(iter(conditional.values())))
+  notes = []
+  if lone:
+    lone_batch_norm.add_unit_layers(graph, lone)
+    folds, unfoldable, folded_before = find_batch_norm_folds(GraphView(graph), in_scope)
+    notes.append("%d batch norm(s) that follow no weight layer fold into a unit 1x1 depthwise "
+                 "layer each (TFLite runs them as int8 DEPTHWISE_CONV_2D), e.g. %s"
+                 % (len(lone), lone[0].name))
   types = {op.type for op in graph.get_operations()}
   use_resource = "VariableV2" not in types or "VarHandleOp" in types
-  folded, notes = apply_folds(graph, folds, training, freeze_bn_delay, use_resource)
+  folded, fold_notes = apply_folds(graph, folds, training, freeze_bn_delay, use_resource)
+  notes.extend(fold_notes)
 
   report = QuantizeReport(mode="training" if training else "eval", notes=notes)
   report.float_ops.extend(FloatOp(op.name, op.type, "batch norm not folded: " + why)
@@ -93,8 +108,8 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
       symmetric=symmetric, per_channel_weights=per_channel, quantize_inputs=bool(quantize_inputs))
   settings_record.refuse_other_settings(graph, settings_text)
 
-  report, folded, excluded, use_resource = fold_for_quantization(graph, training, in_scope,
-                                                                 freeze_bn_delay)
+  report, folded, excluded, use_resource = fold_for_quantization(
+      graph, training, in_scope, freeze_bn_delay, fold_lone_batch_norms=True)
   settings = Settings(
       training=training,
       weight_spec=lambda per_channel=per_channel: make_weight_spec(per_channel=per_channel),

@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.graph.view import GraphView, sole_relu_consumer, topological_order
+from qat_rewrite.graph.view import (GraphView, dropout_input, sole_relu_consumer,
+                                    topological_order)
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.catalogue import LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import compute_layer
@@ -146,6 +147,9 @@ def make_plan(graph, scope, input_names, ignore, precision, folded, pool_scales,
         builder.group(m, folded.get(op.name))
     elif op.type == "Identity" and builder.quantized(op.inputs[0]):
       builder.alias(op.outputs[0], op.inputs[0])
+    elif dropout_input(op) is not None:  # training only: eval reads its input
+      if builder.quantized(dropout_input(op)):
+        builder.alias(op.outputs[0], dropout_input(op))
     elif op.type in OUTPUT_QUANTIZED_TYPES and op.name not in ignore:
       inputs = [builder.quantized(t) for t in _data_inputs(op)]
       if inputs and all(inputs):

@@ -1,0 +1,100 @@
+"""Batch norms that follow no weight layer (ResNet v2's pre-activation and post-norm, or one
+whose layer output also feeds a shortcut): each folds into a unit 1x1 depthwise layer, so the
+TFLite model runs it in int8 and the training and eval graphs quantize it alike."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from qat_rewrite import quantize
+from qat_rewrite.export import compare_tflite, to_tflite
+
+v1 = tf.compat.v1
+OPTIONS = dict(symmetric=True, per_channel_weights=True, quantize_inputs=True)
+IMAGES = np.random.RandomState(0).uniform(0, 1, (16, 8, 8, 3)).astype(np.float32)
+
+
+def preact_resnet(training):
+  """conv1 → 2 pre-activation units (BN → ReLU → conv, identity shortcut) → post-norm → pool."""
+  images = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+  y = v1.layers.conv2d(images, 8, 3, padding="same", name="conv1")
+  for i in range(2):
+    bn = v1.layers.batch_normalization(y, training=training, fused=True, name="preact%d" % i)
+    y = y + v1.layers.conv2d(tf.nn.relu(bn), 8, 3, padding="same", name="res%d" % i)
+  y = tf.nn.relu(v1.layers.batch_normalization(y, training=training, fused=True,
+                                               name="postnorm"))
+  logits = v1.layers.dense(tf.reduce_mean(y, [1, 2]), 3, name="logits")
+  return images, tf.identity(logits, name="net_out")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("preact"))
+  with tf.Graph().as_default() as graph:
+    _, out = preact_resnet(training=True)
+    report = quantize.experimental_create_training_graph(**OPTIONS)
+    with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
+      train_op = v1.train.AdamOptimizer(1e-3).minimize(tf.reduce_mean(tf.square(out)))
+    with v1.Session() as sess:
+      sess.run(v1.global_variables_initializer())
+      for _ in range(20):
+        sess.run(train_op, {"images:0": IMAGES})
+      checkpoint = v1.train.Saver().save(sess, os.path.join(directory, "model.ckpt"))
+    training_quantizers = _quantizers(graph)
+  with tf.Graph().as_default() as evaluation:
+    preact_resnet(training=False)
+    eval_report = quantize.experimental_create_eval_graph(**OPTIONS)
+  return dict(report=report, eval_report=eval_report, graph=evaluation, checkpoint=checkpoint,
+              directory=directory, training_quantizers=training_quantizers)
+
+
+def _quantizers(graph):
+  return sorted(v.op.name for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES)
+                if v.op.name.endswith("/max"))
+
+
+def test_every_batch_norm_folds_and_nothing_stays_float(trained):
+  for report in (trained["report"], trained["eval_report"]):
+    folded = {layer.layer: layer.folded_batch_norm for layer in report.layers}
+    assert folded["preact0/depthwise"] == "preact0/FusedBatchNormV3"
+    assert folded["preact1/depthwise"] == "preact1/FusedBatchNormV3"
+    assert folded["postnorm/depthwise"] == "postnorm/FusedBatchNormV3"
+    assert folded["conv1/Conv2D"] is None  # its output also feeds the first shortcut
+    assert not report.float_ops
+    assert any("3 batch norm(s) that follow no weight layer" in n for n in report.notes)
+  assert trained["training_quantizers"] == _quantizers(trained["graph"])
+  assert "preact0/weights_quant/max" in trained["training_quantizers"]
+
+
+def test_the_tflite_model_is_fully_integer_and_matches_the_eval_graph(trained, tmp_path):
+  result = to_tflite(trained["graph"], str(tmp_path / "preact.tflite"), ["images"],
+                     ["net_out"], checkpoint=trained["checkpoint"])
+  (agreement,) = compare_tflite(result, {"images": IMAGES}).values()
+  assert agreement.equal_share >= 0.99 and agreement.max_lsb <= 1, agreement
+
+
+def test_a_shortcut_still_reads_the_unnormalized_layer_output():
+  """conv1's output feeds preact0 and the shortcut add: preact0 folds into a unit layer of its
+  own, not into conv1 (which then ran twice, once in float for the shortcut). With 16 bits the
+  rewritten eval graph still computes the float model's function."""
+  rng = np.random.RandomState(1)
+  with tf.Graph().as_default() as graph:
+    images, out = preact_resnet(training=False)
+    moving = [v for v in v1.global_variables() if "moving" in v.op.name]
+    with v1.Session() as sess:
+      sess.run(v1.global_variables_initializer())
+      for v in moving:  # statistics far from (0, 1), so a wrong fold shows
+        sess.run(v.assign(rng.uniform(0.5, 2.0, v.shape.as_list()).astype(np.float32)))
+      before = sess.run(out, {images: IMAGES})
+      quantize.experimental_create_eval_graph(graph, weight_bits=16, activation_bits=16)
+      sess.run(v1.variables_initializer([v for v in v1.global_variables()
+                                         if "_quant" in v.op.name]))
+      for v in v1.global_variables():  # ranges wide enough for every tensor
+        if v.op.name.endswith("_quant/min"):
+          sess.run(v.assign(tf.fill(tf.shape(v), -64.0)))
+        elif v.op.name.endswith("_quant/max"):
+          sess.run(v.assign(tf.fill(tf.shape(v), 64.0)))
+      after = sess.run(out, {images: IMAGES})
+  np.testing.assert_allclose(after, before, atol=0.02)
