@@ -75,28 +75,21 @@ def _slim():
   return tf_slim, nets
 
 
-def _slim_alexnet(images, is_training, num_classes):
-  slim, nets = _slim()
-  with slim.arg_scope(nets.alexnet.alexnet_v2_arg_scope()):
-    logits, _ = nets.alexnet.alexnet_v2(images, num_classes=num_classes,
+def _slim_classic(module, net, arg_scope):
+  """alexnet_v2, overfeat, vgg_16: `tf_slim.nets.<module>.<net>` in its own arg_scope."""
+  def build(images, is_training, num_classes):
+    slim, nets = _slim()
+    package = getattr(nets, module)
+    with slim.arg_scope(getattr(package, arg_scope)()):
+      logits, _ = getattr(package, net)(images, num_classes=num_classes,
                                         is_training=is_training, spatial_squeeze=True)
-  return logits
+    return logits
+  return build
 
 
-def _slim_overfeat(images, is_training, num_classes):
-  slim, nets = _slim()
-  with slim.arg_scope(nets.overfeat.overfeat_arg_scope()):
-    logits, _ = nets.overfeat.overfeat(images, num_classes=num_classes,
-                                       is_training=is_training, spatial_squeeze=True)
-  return logits
-
-
-def _slim_vgg16(images, is_training, num_classes):
-  slim, nets = _slim()
-  with slim.arg_scope(nets.vgg.vgg_arg_scope()):
-    logits, _ = nets.vgg.vgg_16(images, num_classes=num_classes, is_training=is_training,
-                                spatial_squeeze=True)
-  return logits
+_slim_alexnet = _slim_classic("alexnet", "alexnet_v2", "alexnet_v2_arg_scope")
+_slim_overfeat = _slim_classic("overfeat", "overfeat", "overfeat_arg_scope")
+_slim_vgg16 = _slim_classic("vgg", "vgg_16", "vgg_arg_scope")
 
 
 def _slim_inception(version):

@@ -8,7 +8,7 @@ import tensorflow as tf
 from qat_rewrite.export import frozen
 from qat_rewrite.graph.frozen import const_node
 
-_PASS_TYPES = ("Identity", "Reshape")
+PASS_TYPES = ("Identity", "Reshape")
 
 
 def dense_per_channel_as_conv(graph_def, output_nodes):
@@ -27,7 +27,7 @@ def dense_per_channel_as_conv(graph_def, output_nodes):
   for node in graph_def.node:
     if node.op != "MatMul" or node.attr["transpose_a"].b or node.attr["transpose_b"].b:
       continue
-    fake_quant = _producer_through(nodes, node.input[1], _PASS_TYPES)
+    fake_quant = producer_through(nodes, node.input[1])
     if fake_quant is not None and fake_quant.op == "FakeQuantWithMinMaxVarsPerChannel":
       targets.append((node, fake_quant))
   if not targets:
@@ -72,14 +72,15 @@ def squeeze_as_reshape(graph_def, output_nodes):
     node = by_name[squeeze.name]
     shape_name = node.name + "/as_reshape/shape"
     out.node.append(const_node(shape_name, [-1] + kept, "int32"))
-    replacement = _node(node.name, "Reshape", [node.input[0], shape_name], T=node.attr["T"],
-                        Tshape=_type(tf.int32))
+    replacement = node_def(node.name, "Reshape", [node.input[0], shape_name], T=node.attr["T"],
+                           Tshape=type_attr(tf.int32))
     node.Clear()
     node.CopyFrom(replacement)
   return tf.compat.v1.graph_util.extract_sub_graph(out, list(output_nodes))
 
 
-def _producer_through(nodes, tensor, pass_types):
+def producer_through(nodes, tensor, pass_types=PASS_TYPES):
+  """The node behind `tensor`, looking through `pass_types` ops (None if absent)."""
   node = nodes.get(frozen.node_name(tensor))
   while node is not None and node.op in pass_types:
     node = nodes.get(frozen.node_name(node.input[0]))
@@ -104,16 +105,16 @@ def _replace_with_conv(graph_def, matmul, fake_quant, cin, cout, bias_add):
       const_node(scope + "input_shape", [-1, 1, 1, cin], "int32"),
       const_node(scope + "weights_shape", [1, 1, cin, cout], "int32"),
       const_node(scope + "output_shape", [-1, cout], "int32"),
-      _node(scope + "input_4d", "Reshape", [matmul.input[0], scope + "input_shape"],
-            T=dtype, Tshape=_type(tf.int32)),
-      _node(scope + "weights_4d", "Reshape", [fake_quant.input[0], scope + "weights_shape"],
-            T=dtype, Tshape=_type(tf.int32)),
+      node_def(scope + "input_4d", "Reshape", [matmul.input[0], scope + "input_shape"],
+               T=dtype, Tshape=type_attr(tf.int32)),
+      node_def(scope + "weights_4d", "Reshape", [fake_quant.input[0], scope + "weights_shape"],
+               T=dtype, Tshape=type_attr(tf.int32)),
   ])
   quantized = graph_def.node.add()
   quantized.CopyFrom(fake_quant)
   quantized.name = scope + "weights_quant"
   quantized.input[0] = scope + "weights_4d"
-  conv = _node(scope + "Conv2D", "Conv2D", [scope + "input_4d", quantized.name], T=dtype)
+  conv = node_def(scope + "Conv2D", "Conv2D", [scope + "input_4d", quantized.name], T=dtype)
   conv.attr["strides"].list.i.extend([1, 1, 1, 1])
   conv.attr["dilations"].list.i.extend([1, 1, 1, 1])
   conv.attr["padding"].s = b"VALID"
@@ -126,21 +127,23 @@ def _replace_with_conv(graph_def, matmul, fake_quant, cin, cout, bias_add):
     last.name = scope + "BiasAdd"
     last.input[0] = conv.name
     matmul.Clear()  # nothing reads it once the BiasAdd is replaced
-    matmul.CopyFrom(_node(matmul_name, "NoOp", []))
+    matmul.CopyFrom(node_def(matmul_name, "NoOp", []))
   replaced = bias_add if bias_add is not None else matmul
   name = replaced.name
   replaced.Clear()
-  replaced.CopyFrom(_node(name, "Reshape", [last.name, scope + "output_shape"], T=dtype,
-                          Tshape=_type(tf.int32)))
+  replaced.CopyFrom(node_def(name, "Reshape", [last.name, scope + "output_shape"], T=dtype,
+                             Tshape=type_attr(tf.int32)))
 
 
-def _type(dtype):
+def type_attr(dtype):
+  """An AttrValue holding `dtype`."""
   value = tf.compat.v1.AttrValue()
   value.type = dtype.as_datatype_enum
   return value
 
 
-def _node(name, op, inputs, **attrs):
+def node_def(name, op, inputs, **attrs):
+  """A NodeDef with AttrValue `attrs`."""
   node = tf.compat.v1.NodeDef(name=name, op=op, input=inputs)
   for key, value in attrs.items():
     node.attr[key].CopyFrom(value)

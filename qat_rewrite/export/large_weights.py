@@ -23,11 +23,12 @@ import numpy as np
 import tensorflow as tf
 
 from qat_rewrite.export import frozen
+from qat_rewrite.export.converter_compat import (PASS_TYPES, node_def, producer_through,
+                                                type_attr)
 from qat_rewrite.graph.frozen import const_node
 
 OPERAND_LIMIT_BITS = 1 << 30
 _FLOAT_BITS = 32
-_PASS_TYPES = ("Identity", "Reshape")
 _WEIGHT_QUANT_TYPES = ("FakeQuantWithMinMaxVarsPerChannel", "FakeQuantWithMinMaxVars")
 _ELEMENTWISE_TYPES = ("Identity", "Relu", "Relu6")
 _PER_TENSOR_TYPES = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxArgs")
@@ -70,10 +71,10 @@ _Plan = collections.namedtuple("_Plan", "conv fake_quant weight_const low high c
 def _plan(graph_def, nodes, conv, limit_bits):
   if conv.attr["data_format"].s not in (b"", b"NHWC"):
     return None
-  fake_quant = _producer_through(nodes, conv.input[1])
+  fake_quant = producer_through(nodes, conv.input[1])
   if fake_quant is None or fake_quant.op not in _WEIGHT_QUANT_TYPES:
     return None
-  weight_const = _producer_through(nodes, fake_quant.input[0])
+  weight_const = producer_through(nodes, fake_quant.input[0])
   if (weight_const is None or weight_const.op != "Const"
       or weight_const.attr["dtype"].type != tf.float32.as_datatype_enum):
     return None
@@ -88,13 +89,6 @@ def _plan(graph_def, nodes, conv, limit_bits):
     return None
   chain = _channelwise_chain(graph_def, conv, shapes[1][-1])
   return None if chain is None else _Plan(conv, fake_quant, weight_const, low, high, chain)
-
-
-def _producer_through(nodes, tensor):
-  node = nodes.get(frozen.node_name(tensor))
-  while node is not None and node.op in _PASS_TYPES:
-    node = nodes.get(frozen.node_name(node.input[0]))
-  return node
 
 
 def _const_shape(node):
@@ -153,8 +147,8 @@ def _split(out, by_name, graph_def, nodes, plan, limit_bits):
   out.node.append(const_node(axis, rank - 1, "int32"))
   concat = by_name[last.name]
   concat.Clear()
-  concat.CopyFrom(_node(last.name, "ConcatV2", ends + [axis], N=_int(len(ends)),
-                        T=last.attr["T"], Tidx=_type(tf.int32)))
+  concat.CopyFrom(node_def(last.name, "ConcatV2", ends + [axis], N=_int(len(ends)),
+                           T=last.attr["T"], Tidx=type_attr(tf.int32)))
 
 
 def _weights(graph_def, nodes, plan):
@@ -171,7 +165,7 @@ def _shape_through(graph_def, nodes, tensor):
   node = nodes.get(frozen.node_name(tensor))
   if node is None or node.op == "Const":
     return None if node is None else _const_shape(node)
-  if node.op not in _PASS_TYPES + _WEIGHT_QUANT_TYPES:
+  if node.op not in PASS_TYPES + _WEIGHT_QUANT_TYPES:
     return None
   source = _shape_through(graph_def, nodes, node.input[0])
   if source is None or node.op != "Reshape":
@@ -220,8 +214,8 @@ def _sliced_operand(graph_def, node, step, start, stop):
     begin, size = step.name + "/begin", step.name + "/size"
     step.input[1] = step.name + "/bias"
     return [const_node(begin, [start], "int32"), const_node(size, [stop - start], "int32"),
-            _node(step.input[1], "Slice", [node.input[1], begin, size], T=node.attr["T"],
-                  Index=_type(tf.int32))]
+            node_def(step.input[1], "Slice", [node.input[1], begin, size], T=node.attr["T"],
+                     Index=type_attr(tf.int32))]
   if node.op == "Reshape":
     shape = frozen.constant_value(graph_def, node.input[1]).copy()
     shape[-1] = stop - start
@@ -251,16 +245,3 @@ def _int(value):
   attr = tf.compat.v1.AttrValue()
   attr.i = value
   return attr
-
-
-def _type(dtype):
-  value = tf.compat.v1.AttrValue()
-  value.type = dtype.as_datatype_enum
-  return value
-
-
-def _node(name, op, inputs, **attrs):
-  node = tf.compat.v1.NodeDef(name=name, op=op, input=inputs)
-  for key, value in attrs.items():
-    node.attr[key].CopyFrom(value)
-  return node

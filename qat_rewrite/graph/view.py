@@ -14,12 +14,16 @@ ASSIGN_TYPES = frozenset({
     "Assign", "AssignSub", "AssignAdd"})
 
 
+CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
+
+
 class GraphView:
   """A consumer map of `graph`, built once per pass (the graph must not change meanwhile)."""
 
   def __init__(self, graph):
     self.graph = graph
     self.ops = graph.get_operations()
+    self._behind_control_flow = self._conditional_models = None  # computed when first asked
     self._consumers = collections.defaultdict(list)
     for op in self.ops:
       for t in op.inputs:
@@ -31,12 +35,25 @@ class GraphView:
   def op_consumers(self, op):
     return [c for t in op.outputs for c in self.consumers(t)]
 
-  def downstream_of(self, op_types):
-    """The ops that read, directly or not, an output of an op of `op_types`."""
-    cache = self.__dict__.setdefault("_downstream", {})
-    if op_types not in cache:
-      cache[op_types] = self.readers_of([op for op in self.ops if op.type in op_types])
-    return cache[op_types]
+  def behind_control_flow(self):
+    """The ops that read, directly or not, an output of a conditional (If, Switch, Merge)."""
+    if self._behind_control_flow is None:
+      self._behind_control_flow = self.readers_of(
+          [op for op in self.ops if op.type in CONTROL_FLOW_TYPES])
+    return self._behind_control_flow
+
+  def conditional_models(self):
+    """The ops downstream of a Placeholder that a conditional also reads from: the model a
+    training-flag conditional selects (Keras' learning-phase copy of a model constructed in a
+    graph reads its own `Input`, which training never feeds)."""
+    if self._conditional_models is None:
+      conditionals = self.behind_control_flow()
+      self._conditional_models = set()
+      for placeholder in (op for op in self.ops if op.type == "Placeholder"):
+        readers = self.readers_of([placeholder])
+        if any(op.type in CONTROL_FLOW_TYPES or op in conditionals for op in readers):
+          self._conditional_models |= readers
+    return self._conditional_models
 
   def readers_of(self, ops):
     """The ops that read, directly or not, an output of one of `ops`."""

@@ -25,12 +25,12 @@ import tensorflow as tf
 
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.graph.view import GraphView, constant_value, context, join, value_of
+from qat_rewrite.graph.view import (CONTROL_FLOW_TYPES, GraphView, constant_value, context,
+                                    join, value_of)
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.patterns import fused_batch_norm, unfused_batch_norm
 from qat_rewrite.quant import fake_quant
 
-_CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
 _SHAPE_ONLY_TYPES = ("Shape", "ShapeN", "Size", "Rank")  # read no values: a fold changes none
 _MUL_FOLD = re.compile(r"mul_fold(_\d+)?")  # TF numbers a second one in the same scope
 # graph -> {name of a batch norm's last op: the tensor that replaced its output}
@@ -196,7 +196,7 @@ def _unsupported(m, fused):
   if not fused and constant_value(m.tensor("epsilon")) is None:
     return "epsilon of the batch normalization is not a constant"
   for role in ("mean", "variance"):
-    if m.tensor(role).op.type in _CONTROL_FLOW_TYPES:
+    if m.tensor(role).op.type in CONTROL_FLOW_TYPES:
       raise ValueError(
           "Batch norm '%s' takes its %s from the conditional op '%s', selected by a "
           "training-flag tensor; it cannot be folded. Build the model with training=True for "

@@ -34,7 +34,6 @@ _CHAIN_ROLES_LAST_FIRST = ("forced_updates", "bias", "fold_reshape_back", "folde
                            "batch_to_space", "layer")
 _GENERIC_TYPES = ADD_TYPES + ("Mul",)
 _POOL_TYPES = ("AvgPool", "Mean")
-_CONDITIONAL_TYPES = ("If", "StatelessIf", "Switch")
 # Ops whose output values are input values, so an input quantizer's grid is also theirs
 # (Pad adds zeros, which every range holds).
 _SAME_GRID_TYPES = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "MaxPool", "Max",
@@ -177,24 +176,8 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None,
 
 def _may_update(view, tensor):
   """Whether the range update of a quantizer on `tensor` may join UPDATE_OPS: not in a model
-  selected by a training-flag conditional. Keras leaves such a copy of every model constructed
-  in a graph, reading a placeholder (its construction `Input`) that training never feeds."""
-  return tensor.op not in _learning_phase_models(view)
-
-
-def _learning_phase_models(view):
-  """The ops downstream of a Placeholder that a training-flag conditional also reads from."""
-  cache = view.__dict__.setdefault("_learning_phase_models", [])
-  if not cache:
-    conditionals = view.downstream_of(_CONDITIONAL_TYPES) | {
-        op for op in view.ops if op.type in _CONDITIONAL_TYPES}
-    found = set()
-    for placeholder in (op for op in view.ops if op.type == "Placeholder"):
-      readers = view.readers_of([placeholder])
-      if readers & conditionals:
-        found |= readers
-    cache.append(found)
-  return cache[0]
+  that a training-flag conditional selects, whose input training never feeds."""
+  return tensor.op not in view.conditional_models()
 
 
 def _quantize_model_input(view, tensor, layer, settings, report):

@@ -13,11 +13,8 @@ quantizers learn on batch statistics and the eval graph restores them.
 import tensorflow as tf
 
 from qat_rewrite.graph import editor
-from qat_rewrite.graph.view import GraphView, context
+from qat_rewrite.graph.view import CONTROL_FLOW_TYPES, GraphView, context
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES
-from qat_rewrite.passes.fold_batch_norm import folded_away_ops
-
-_CONDITIONAL_TYPES = ("If", "StatelessIf", "Switch", "Merge")
 
 
 def lone_batch_norms(graph, in_scope, folds):
@@ -25,8 +22,8 @@ def lone_batch_norms(graph, in_scope, folds):
   (`folds`: those that do), that something reads and that no training-flag conditional
   selects."""
   view = GraphView(graph)
-  behind_conditionals = view.downstream_of(_CONDITIONAL_TYPES)
-  folding = {op for f in folds for op in f.bn_ops} | folded_away_ops(view)  # a second call
+  behind_conditionals = view.behind_control_flow()
+  folding = {op for f in folds for op in f.bn_ops}
   found = []
   for op in view.ops:
     if (op.type not in FUSED_BATCH_NORM_TYPES or op in folding or not in_scope(op)
@@ -34,7 +31,7 @@ def lone_batch_norms(graph, in_scope, folds):
       continue
     x = op.inputs[0]
     if (op.get_attr("data_format").decode() == "NHWC" and x.shape.rank == 4
-        and x.shape[-1] is not None and x.op.type not in _CONDITIONAL_TYPES):
+        and x.shape[-1] is not None and x.op.type not in CONTROL_FLOW_TYPES):
       found.append(op)
   return found
 
