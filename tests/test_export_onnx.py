@@ -110,13 +110,18 @@ def test_the_mnist_cnn_matches_the_eval_graph(tmp_path):
   """The examples' MNIST CNN (average pool included), ties rounded as ONNX Runtime rounds them."""
   graph, checkpoint, input_node, output_node, images = models.mnist_cnn_eval_graph(
       str(tmp_path), pool_ties="to_even")
-  result = export.to_onnx(graph, str(tmp_path / "mnist.onnx"), [input_node], [output_node],
+  pool = "model/pool/AvgPool/activation_AvgPool_quant/FakeQuantWithMinMaxVars"
+  result = export.to_onnx(graph, str(tmp_path / "mnist.onnx"), [input_node], [pool, output_node],
                           checkpoint=checkpoint)
-  (fused,) = agreement.compare_onnx(result, {input_node: images}).values()
-  assert fused.equal_share >= 0.99 and fused.max_lsb <= 1, fused
-  # Unfused, ONNX Runtime pools in float32, which lands beside a few of the ties.
-  (reference,) = agreement.compare_onnx(result, {input_node: images}, optimized=False).values()
-  assert reference.max_lsb <= 1, reference
+  logits = result.output_nodes[1]  # the output's quantizer
+  fused = agreement.compare_onnx(result, {input_node: images})
+  assert fused[pool].equal_share >= 0.99 and fused[pool].max_lsb <= 1, fused
+  assert fused[logits].equal_share >= 0.99 and fused[logits].max_lsb <= 1, fused
+  # Unfused, ONNX Runtime pools in float32, which lands beside some of the ties: the pool
+  # stays within 1 LSB. The 1,568-wide dense layer after it sums those flipped ties, so its
+  # logits may part by more; only the fused integer model is held to the logits.
+  reference = agreement.compare_onnx(result, {input_node: images}, optimized=False)
+  assert reference[pool].max_lsb <= 1 and reference[pool].equal_share >= 0.9, reference
 
 
 @pytest.mark.skipif(os.environ.get("QAT_REWRITE_FAST_TESTS") == "1", reason="slow model")
