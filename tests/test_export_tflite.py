@@ -398,14 +398,15 @@ def test_a_dense_model_takes_its_input_range_through_the_flatten(tmp_path):
   _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path)
 
 
-def _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path):
+def _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path,
+                                                min_equal=0.99):
   """The export takes the input range input_quant learned on images in [0, 1], and agrees."""
   result = to_tflite(graph, str(tmp_path / "model.tflite"), ["images"], ["logits/BiasAdd"],
                      checkpoint=checkpoint)
   low, high = result.input_ranges["images"]
   assert low == 0.0 and 0.95 < high <= 1.0
   (agreement,) = compare_tflite(result, {"images": images}).values()
-  assert agreement.equal_share >= 0.99 and agreement.max_lsb <= 1, agreement
+  assert agreement.equal_share >= min_equal and agreement.max_lsb <= 1, agreement
 
 
 def test_quantize_inputs_learns_the_input_range_and_the_export_uses_it(tmp_path, caplog):
@@ -491,3 +492,61 @@ def test_a_squeezed_output_keeps_the_batch_free(tmp_path):
   assert list(inputs[0]["shape_signature"]) == [1, 4, 4, 1]
   (agreement,) = compare_tflite(result, {"images": images}).values()
   assert agreement.elements == 15 and agreement.equal_share >= 0.99, agreement
+
+
+def _block_qat(tmp_path, block):
+  """`block(x, training)` after a conv+BN+ReLU stem, then a dense layer, after 5 QAT steps with
+  the README's int8 settings: (eval graph, checkpoint, images). No global mean pool: TFLite's
+  int8 MEAN rounds its own way (97.7% equal, 1 LSB, here), which a dense layer then spreads."""
+  def build(training):
+    v1.set_random_seed(0)
+    images = v1.placeholder(tf.float32, [None, 16, 16, 3], name="images")
+    x = tf.nn.relu(_conv_bn(images, 8, 3, 1, training, "stem"))
+    x = v1.layers.flatten(block(x, training))
+    return v1.layers.dense(x, 10, name="logits",
+                           kernel_initializer=v1.glorot_uniform_initializer(seed=2))
+
+  images = np.random.RandomState(0).uniform(0, 1, (16, 16, 16, 3)).astype(np.float32)
+  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
+                                per_channel_weights=True, quantize_inputs=True)
+  return graph, checkpoint, images
+
+
+def test_a_max_pool_read_by_a_conv_and_an_average_pool_exports_fully_integer(tmp_path):
+  """Keras InceptionV3's mixed blocks: a max pool feeds 1x1 convs and an average-pool branch.
+  The converter left the convs float until the pool got a FakeQuant of its own (on its input's
+  grid, no new variables)."""
+  def block(x, training):
+    x = tf.nn.max_pool2d(x, 3, 2, "VALID", name="pool")
+    branch = tf.nn.relu(_conv_bn(x, 8, 1, 1, training, "branch1x1"))
+    averaged = tf.nn.avg_pool2d(x, 3, 1, "SAME", name="avg")
+    # A sum, not Inception's concat: TFLite requantizes a concat's inputs to one range the
+    # converter picks, which the eval graph does not model yet (88% equal logits here).
+    return branch + tf.nn.relu(_conv_bn(averaged, 8, 1, 1, training, "pool_proj"))
+
+  graph, checkpoint, images = _block_qat(tmp_path, block)
+  pool = graph.get_operation_by_name("pool")
+  (quantizer,) = pool.outputs[0].consumers()
+  assert quantizer.name == "pool/activation_MaxPool_quant/FakeQuantWithMinMaxVars"
+  assert quantizer.inputs[1].op.name.startswith("stem/act_quant/")  # the stem's range
+  _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path)
+
+
+def test_a_sum_read_by_a_shortcut_conv_and_its_relu_exports_fully_integer(tmp_path):
+  """Xception's entry flow: a residual sum feeds the next block's ReLU and its strided 1x1
+  shortcut conv. The sum gets `add_quant` before both; it was float, and the shortcut with it."""
+  def block(x, training):
+    shortcut = _conv_bn(x, 8, 1, 2, training, "shortcut1")
+    x = tf.nn.max_pool2d(_conv_bn(x, 8, 3, 1, training, "conv1"), 3, 2, "SAME")
+    x = x + shortcut
+    shortcut = _conv_bn(x, 16, 1, 2, training, "shortcut2")
+    x = tf.nn.max_pool2d(_conv_bn(tf.nn.relu(x), 16, 3, 1, training, "conv2"), 3, 2, "SAME")
+    return x + shortcut
+
+  graph, checkpoint, images = _block_qat(tmp_path, block)
+  relu = next(op for op in graph.get_operations() if op.type == "Relu"
+              and op.inputs[0].op.type == "FakeQuantWithMinMaxVars"
+              and "add_quant" in op.inputs[0].op.name)
+  readers = {c.type for c in relu.inputs[0].consumers()}
+  assert readers == {"Relu", "Conv2D"}, readers
+  _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path)

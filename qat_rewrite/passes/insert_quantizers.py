@@ -7,8 +7,10 @@ add before the activation, `post_activation_bypass_quant` after a residual add t
 follows the activation, and `<op>/activation_<Type>_quant` on other Add/Mul ops fed
 by quantized tensors. Beyond contrib, pooling gets the ranges TFLite needs: an AvgPool
 output is rounded on its input quantizer's grid (`<op>/activation_AvgPool_quant`, no new
-variables), a pooling Mean gets a range of its own (`<op>/activation_Mean_quant`). Every
-quantizer feeds every reader of the tensor it quantizes.
+variables), a pooling Mean gets a range of its own (`<op>/activation_Mean_quant`), and a max
+pool read by several layers gets its input's grid explicitly (`<op>/activation_MaxPool_quant`).
+A residual sum read beside its ReLU gets `add_quant`. Every quantizer feeds every reader of the
+tensor it quantizes.
 """
 
 import dataclasses
@@ -115,6 +117,11 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
     if not m.has("activation") or unfused:
       _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
                        settings.activation_spec(), report)
+    elif len(view.consumers(m.tensor("bypass"))) > 1:
+      # A sum read beside its ReLU (Xception's next shortcut) is a tensor of its own: the
+      # converter quantizes an ADD only if every reader, the ReLU too, reads its FakeQuant.
+      _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
+                       settings.activation_spec(), report)
     ctx = add_ctx
     last = m.op("bypass")
   if m.has("activation"):
@@ -206,6 +213,8 @@ def _quantize_generic_ops(graph, settings, layer_ops):
     holder = LayerReport(layer=op.name, kind="output")
     if op.type in _POOL_TYPES:
       _quantize_pool(view, op, settings, memo, holder)
+    elif op.type == "MaxPool" and len(view.consumers(op.outputs[0])) > 1:
+      _quantize_on_input_grid(view, op, holder)
     elif op.type in _GENERIC_TYPES and any(_reaches_fake_quant(t, memo) for t in op.inputs):
       target = sole_relu_consumer(op) or op  # an add fused with its ReLU is quantized after it
       if not view.followed_by_fake_quant(target.outputs[0]):
@@ -242,6 +251,23 @@ def _quantize_pool(view, op, settings, memo, report):
     quantized = fake_quant.fake_quantize_like(nudged, quantizer, scope)
     if delay is not None:  # float until the input's quantizer switches on
       quantized = tf.where(delay, quantized, output, name="delayed_quant")
+  editor.reroute(output, quantized, consumers)
+  report.quantizers.append(scope.rstrip("/"))
+
+
+def _quantize_on_input_grid(view, op, report):
+  """A max pool read by several layers gets an explicit FakeQuant on its input quantizer's
+  grid (the same variables; on values already on that grid it changes nothing): without one,
+  TFLite's converter quantized the pool for an AvgPool branch but left a conv reading it in
+  float (Keras InceptionV3)."""
+  output = op.outputs[0]
+  quantizer, delay = _input_quantizer(op.inputs[0])
+  if quantizer is None or view.followed_by_fake_quant(output):
+    return
+  consumers = view.consumers(output)
+  scope = editor.unique_scope(op.graph, join(op.name, "activation_%s_quant" % op.type))
+  with op.graph.as_default():
+    quantized = fake_quant.fake_quantize_like(output, quantizer, scope, delay)
   editor.reroute(output, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
 
