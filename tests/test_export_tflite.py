@@ -550,3 +550,29 @@ def test_a_sum_read_by_a_shortcut_conv_and_its_relu_exports_fully_integer(tmp_pa
   readers = {c.type for c in relu.inputs[0].consumers()}
   assert readers == {"Relu", "Conv2D"}, readers
   _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path)
+
+
+@pytest.mark.parametrize("offset", [0.0, -1.0])
+def test_a_rescaled_input_runs_in_int8_and_takes_the_images_range(tmp_path, offset):
+  """Keras' Rescaling layer (MobileNetV3: x / 127.5 - 1) sits between the input and the first
+  conv. The input quantizer goes on the input and the Mul/Add get ranges of their own, so the
+  model takes the images' range and TFLite runs the rescaling in int8 (it ran in float, and
+  the export asked for input_ranges)."""
+  def build(training):
+    images = v1.placeholder(tf.float32, [None, 8, 8, 1], name="images")
+    rescaled = tf_keras.layers.Rescaling(2.0, offset=offset)(images)
+    x = v1.layers.conv2d(rescaled, 4, 3, strides=2, name="conv1", activation=tf.nn.relu,
+                         kernel_initializer=v1.glorot_uniform_initializer(seed=1))
+    return v1.layers.dense(v1.layers.flatten(x), 10, name="logits",
+                           kernel_initializer=v1.glorot_uniform_initializer(seed=2))
+
+  images = np.random.RandomState(0).uniform(0, 1, (32, 8, 8, 1)).astype(np.float32)
+  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
+                                per_channel_weights=True, quantize_inputs=True)
+  (reader,) = graph.get_operation_by_name("images").outputs[0].consumers()
+  assert reader.name == "conv1/input_quant/FakeQuantWithMinMaxVars"
+  conv_input = graph.get_operation_by_name("conv1/Conv2D").inputs[0].op
+  assert conv_input.type == "FakeQuantWithMinMaxVars" and "activation_" in conv_input.name
+  # 98.75% with an offset: TFLite's int8 ADD rescales its operands in fixed point.
+  _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path,
+                                               min_equal=0.98)

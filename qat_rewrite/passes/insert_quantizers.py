@@ -195,11 +195,33 @@ def _quantize_model_input(view, tensor, layer, settings, report):
     return
   if constant_value(tensor) is not None:
     return
+  rescaling = _rescaling_chain(tensor)
   # Asymmetric whatever `symmetric` says: TFLite's int8 inputs have a zero point, and an
   # image in [0, 1] would lose a bit to a symmetric range.
   spec = dataclasses.replace(settings.activation_spec(), symmetric=False)
-  _quantize_output(view, tensor, join(context(layer), "input_quant"), settings, spec, report,
+  source = rescaling[0].inputs[0] if rescaling else tensor
+  _quantize_output(view, source, join(context(layer), "input_quant"), settings, spec, report,
                    owner=layer)
+  for op in rescaling:
+    _quantize_output(view, op.outputs[0], join(op.name, "activation_%s_quant" % op.type),
+                     settings, settings.activation_spec(), report, owner=layer)
+
+
+def _rescaling_chain(tensor):
+  """The Mul/Add ops by constants between a placeholder and `tensor`, first first (Keras'
+  Rescaling layer in MobileNetV3), or []: the input quantizer then goes on the placeholder and
+  each of them gets a range, so TFLite runs them in int8 and the model takes the images' range
+  (on the rescaled tensor, the input ran in float and the export needed input_ranges)."""
+  chain = []
+  while tensor.op.type in _GENERIC_TYPES and len(tensor.op.inputs) == 2:
+    data = [t for t in tensor.op.inputs if constant_value(t) is None]
+    if len(data) != 1:
+      return []
+    chain.append(tensor.op)
+    tensor = data[0]
+  if tensor.op.type not in ("Placeholder", "PlaceholderWithDefault"):
+    return []
+  return chain[::-1]
 
 
 def _quantize_generic_ops(graph, settings, layer_ops):

@@ -1,0 +1,101 @@
+"""The README's "Model zoo" table: the int8 QAT flow (tests/zoo_flow.py) on every zoo subject.
+
+  python benchmarks/model_zoo.py [MODEL ...] [--out DIR]   # about 45 min on 2 cores
+
+One fresh process per model (the large nets need their memory back), with the DPU deploy on
+the slim nets and the float/QAT step cost. Prints one row per model and writes
+OUT/model_zoo.md; exits 1 if a model's flow failed (its row says where).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import bench_common  # noqa: E402
+import zoo_flow  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import zoo_models  # noqa: E402
+
+HEADER = ["model", "input", "layers matched", "BN folded", "ops left float (why)",
+          "QAT/float step", "TFLite fully integer", "TFLite agreement, XNNPACK",
+          "TFLite agreement, builtin kernels", "DPU deploy vs eval"]
+
+
+def run_model(name, workdir):
+  """The flow's result dict for `name`, or {"error": the last lines of its output}."""
+  cmd = [sys.executable, zoo_flow.__file__, name, workdir, "--step-cost"]
+  if zoo_models.MODELS[name].family == "slim":
+    cmd.append("--decent-q")
+  done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  for line in done.stdout.splitlines():
+    if line.startswith(zoo_flow.RESULT_TAG):
+      return json.loads(line[len(zoo_flow.RESULT_TAG):])
+  return {"model": name, "error": " ".join((done.stderr or done.stdout)[-300:].split())}
+
+
+def _agreement(record):
+  if not record:
+    return "-"
+  return "%.0f%%, %d LSB" % (100 * record["equal_share"], record["max_lsb"])
+
+
+def row(result):
+  name = result["model"]
+  if "error" in result:
+    return [name] + ["failed: %s" % result["error"]] + [""] * (len(HEADER) - 2)
+  train, tflite = result["train"], result["tflite"]
+  left = "%d" % len(train["float_ops"])
+  if train["learning_phase_copy_float_ops"]:
+    left += " (+%d in the Keras learning-phase copy, never run)" % (
+        train["learning_phase_copy_float_ops"])
+  steps = result.get("step_s")
+  integer = "yes" if tflite["fully_integer"] else "no: %d float tensors" % tflite["float_tensors"]
+  if tflite["input_ranges_needed"]:
+    integer += " (input_ranges given: preprocessing before the first conv)"
+  dpu = result.get("decent_q")
+  return [name, result["input_size"], train["layers"], train["bn_folded"], left,
+          "%.2f" % (steps["qat"] / steps["float"]) if steps else "-", integer,
+          _agreement(tflite.get("xnnpack")), _agreement(tflite.get("builtin")),
+          "%.0f%%, %d LSB over %d tensors" % (100 * dpu["worst_equal_share"],
+                                               dpu["worst_max_lsb"], dpu["tensors"])
+          if dpu else "-"]
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("models", nargs="*", default=list(zoo_models.MODELS))
+  parser.add_argument("--out", default=os.path.join(HERE, "results"))
+  args = parser.parse_args(argv)
+  started = time.time()
+  load = os.getloadavg()[0]
+  rows, failed = [], 0
+  with tempfile.TemporaryDirectory(prefix="model_zoo_") as base:
+    for name in args.models:
+      start = time.time()
+      result = run_model(name, os.path.join(base, name))
+      failed += "error" in result
+      rows.append(row(result))
+      print("| %s |  (%.0f s)" % (" | ".join(str(c) for c in rows[-1]), time.time() - start),
+            flush=True)
+  text = "\n".join([
+      "Model zoo: %s; load average %.1f at the start; %.0f min in all. Batch 2, 2 QAT steps"
+      " (agreement on those 2 images' logits), step cost the median of steps 2-4."
+      % (bench_common.machine(), load, (time.time() - started) / 60),
+      "", bench_common.markdown(HEADER, rows)])
+  print(text)
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "model_zoo.md"), "w") as f:
+    f.write(text + "\n")
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,90 @@
+"""Real models written by others (tf-slim 1.1.0's nets, tf_keras.applications), through the
+README's int8 flow as a user's scripts run it (zoo_flow.py): one process per model.
+
+CI runs the subjects in CI_MODELS, chosen to cover every layer pattern the zoo holds within the
+suite's time; QAT_REWRITE_ZOO=full runs all 15, with the DPU deploy on every slim net (about
+35 min on 2 cores; benchmarks/model_zoo.py prints the figures).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import zoo_flow  # noqa: E402
+import zoo_models  # noqa: E402
+
+# name: (DPU deploy in CI, the pattern it covers)
+CI_MODELS = {
+    "alexnet_v2": (False, "no batch norm, 5x5 VALID fc6 conv, dropout"),
+    "inception_v1": (True, "inception blocks, max pool branches, SpatialSqueeze"),
+    "inception_v2": (False, "separable first conv (depthwise multiplier 8), concat"),
+    "resnet_v1_50": (True, "conv2d_same Pad before conv1, bottlenecks, strided shortcuts"),
+    "resnet_v2_50": (False, "pre-activation and post-norm batch norms that fold into no conv"),
+    "ResNet50V2": (False, "Keras pre-activation, ZeroPadding, learning-phase copy"),
+    "EfficientNetB0": (False, "Rescaling/Normalization preprocessing, swish, squeeze-excite, "
+                              "dropout and stochastic depth"),
+    "InceptionV3": (False, "max pool read by convs and an average-pool branch"),
+    "Xception": (False, "separable convs, a residual sum read by a ReLU and a shortcut conv"),
+    "MobileNetV3Small": (False, "Rescaling before the first conv, hard-swish, squeeze-excite"),
+}
+FULL = os.environ.get("QAT_REWRITE_ZOO") == "full"
+SUBJECTS = list(zoo_models.MODELS) if FULL else list(CI_MODELS)
+# Not fully integer yet (the README's Model zoo table quotes the float tensor count).
+NOT_FULLY_INTEGER = {"NASNetMobile": "191 float tensors in its NAS cells, not investigated"}
+# The first conv reads Keras' Normalization (a Sub and a RealDiv) of the input: the export needs
+# the images' range. A Rescaling alone (MobileNetV3) runs in int8 and needs nothing.
+NEEDS_INPUT_RANGES = {"EfficientNetB0"}
+
+
+@pytest.fixture(scope="module", params=SUBJECTS)
+def flow(request, tmp_path_factory):
+  """The flow's result dict for one subject, run in a process of its own."""
+  name = request.param
+  cmd = [sys.executable, zoo_flow.__file__, name, str(tmp_path_factory.mktemp(name))]
+  if zoo_models.MODELS[name].family == "slim" and (FULL or CI_MODELS[name][0]):
+    cmd.append("--decent-q")
+  done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=1800)
+  lines = [l for l in done.stdout.splitlines() if l.startswith(zoo_flow.RESULT_TAG)]
+  assert done.returncode == 0 and lines, "%s failed:\n%s" % (name, done.stderr[-3000:])
+  return json.loads(lines[0][len(zoo_flow.RESULT_TAG):])
+
+
+def test_trains_with_every_layer_quantized(flow):
+  train = flow["train"]
+  assert all(abs(loss) < 1e3 for loss in train["losses"]), train["losses"]
+  assert train["float_ops"] == [], train["float_ops"]  # the learning-phase copy aside
+  assert train["layers"] > 0 and train["quantizers"] > train["layers"]
+
+
+def test_eval_restores_the_quantizers_training_made(flow):
+  assert flow["eval"]["finite"]
+  train, evaluated = set(flow["train"]["quantizer_names"]), set(flow["eval"]["quantizer_names"])
+  assert train == evaluated, ("train only %s, eval only %s"
+                              % (sorted(train - evaluated), sorted(evaluated - train)))
+
+
+def test_exports_a_fully_integer_tflite_model(flow):
+  tflite = flow["tflite"]
+  assert tflite["input_ranges_needed"] == (flow["model"] in NEEDS_INPUT_RANGES), tflite
+  if flow["model"] in NOT_FULLY_INTEGER:
+    assert not tflite["fully_integer"], "now fully integer: update NOT_FULLY_INTEGER and README"
+    return
+  assert tflite["fully_integer"], tflite.get("error")
+  # Its agreement with the eval graph is measured (both kernel sets), not asserted: after 2
+  # steps the eval graph's batch norms still hold their initial statistics. The README's
+  # Model zoo table quotes it; the target (99%, 1 LSB) is not met.
+  assert set(tflite) >= {"xnnpack", "builtin"}
+
+
+def test_the_dpu_deploy_model_matches_its_eval_model(flow):
+  if "decent_q" not in flow:
+    pytest.skip("no DPU deploy for %s in this run" % flow["model"])
+  dpu = flow["decent_q"]
+  assert dpu["outputs"] == ["net_out/aquant"]
+  assert dpu["worst_equal_share"] == 1.0 and dpu["worst_max_lsb"] == 0, dpu
