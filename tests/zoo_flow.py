@@ -122,6 +122,8 @@ def to_tflite(graph, checkpoint, batches, workdir, result):
   record = result["tflite"] = dict(input_ranges_needed=False)
   try:
     exported = export.to_tflite(graph, path, ["net_in"], ["net_out"], checkpoint=checkpoint)
+  except export.NotFullyIntegerError as not_integer:
+    return _not_fully_integer(record, not_integer)
   except ValueError as err:
     if "has no FakeQuant range" not in str(err):
       raise
@@ -131,8 +133,6 @@ def to_tflite(graph, checkpoint, batches, workdir, result):
                                   input_ranges={"net_in": (0.0, 1.0)})
     except export.NotFullyIntegerError as not_integer:
       return _not_fully_integer(record, not_integer)
-  except export.NotFullyIntegerError as not_integer:
-    return _not_fully_integer(record, not_integer)
   record.update(fully_integer=True, megabytes=exported.size_bytes / 1e6)
   feeds = {"net_in": np.concatenate([x for x, _ in batches])}
   for kernels, delegates in (("xnnpack", True), ("builtin", False)):
