@@ -26,7 +26,7 @@ import zoo_models  # noqa: E402
 
 HEADER = ["model", "input", "layers matched", "BN folded", "ops left float (why)",
           "QAT/float step", "TFLite fully integer", "TFLite agreement, XNNPACK",
-          "TFLite agreement, builtin kernels", "DPU deploy vs eval"]
+          "TFLite agreement, builtin kernels", "XNNPACK vs builtin", "DPU deploy vs eval"]
 
 
 def run_model(name, workdir):
@@ -64,6 +64,7 @@ def row(result):
   return [name, result["input_size"], train["layers"], train["bn_folded"], left,
           "%.2f" % (steps["qat"] / steps["float"]) if steps else "-", integer,
           _agreement(tflite.get("xnnpack")), _agreement(tflite.get("builtin")),
+          _agreement(tflite.get("xnnpack_vs_builtin")),
           "%.0f%%, %d LSB over %d tensors" % (100 * dpu["worst_equal_share"],
                                                dpu["worst_max_lsb"], dpu["tensors"])
           if dpu else "-"]
@@ -87,7 +88,7 @@ def main(argv=None):
             flush=True)
   text = "\n".join([
       "Model zoo: %s; load average %.1f at the start; %.0f min in all. Batch 2, 2 QAT steps"
-      " (agreement on those 2 images' logits), step cost the median of steps 2-4."
+      " (agreement on the logits of the 4 training images), step cost the median of steps 2-4."
       % (bench_common.machine(), load, (time.time() - started) / 60),
       "", bench_common.markdown(HEADER, rows)])
   print(text)

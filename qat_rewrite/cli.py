@@ -13,9 +13,13 @@ import os
 import sys
 import traceback
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from qat_rewrite import native_output
 
-import tensorflow as tf  # noqa: E402
+# TensorFlow's C++ errors that matter come back as Python exceptions; the rest (a missing CUDA
+# driver on a CPU machine) is noise unless --verbose asks for everything.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if "--verbose" in sys.argv else "3")
+with native_output.dropping(2, native_output.STARTUP_BANNERS):
+  import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from qat_rewrite import calibration_data, error_report, files  # noqa: E402

@@ -16,6 +16,10 @@ class LayerReport:
   notes: List[str] = dataclasses.field(default_factory=list)
 
 
+# The reason of every layer in Keras' construction copy: `str(report)` gives them one line.
+LEARNING_PHASE_COPY = "in Keras' learning-phase copy of the model, which training never runs"
+
+
 @dataclasses.dataclass
 class FloatOp:
   op: str
@@ -60,7 +64,12 @@ class QuantizeReport:
       lines.extend("      note: %s" % n for n in l.notes)
     for q in self.other_quantizers:
       lines.append("  %-18s %s" % ("output", q))
+    copy = [f for f in self.float_ops if f.reason.startswith(LEARNING_PHASE_COPY)]
     for f in self.float_ops:
-      lines.append("  float %-12s %s: %s" % (f.type, f.op, f.reason))
+      if f not in copy:
+        lines.append("  float %-12s %s: %s" % (f.type, f.op, f.reason))
+    if copy:
+      lines.append("  float %d layers %s (its batch norms sit behind the training-flag "
+                   "conditional), e.g. %s" % (len(copy), LEARNING_PHASE_COPY, copy[0].op))
     lines.extend("  note: %s" % n for n in self.notes)
     return "\n".join(lines)

@@ -282,3 +282,19 @@ def test_existing_outputs_are_refused_before_calibration(workdir, capsys):
   status, _, err = _run(argv, capsys)
   assert status == 1 and "asc/record.txt already exists" in err and calls == []
   assert (workdir / "asc" / "record.txt").read_text() == "mine"
+
+
+def test_the_command_line_prints_what_was_asked_and_no_tensorflow_banners(tmp_path):
+  # TensorFlow's C++ start-up notices (oneDNN, CUDA driver) are dropped; help is all there is.
+  done = subprocess.run([sys.executable, "-m", "qat_rewrite", "inspect", "--help"],
+                        capture_output=True, text=True, check=False, cwd=tmp_path)
+  assert done.returncode == 0 and done.stdout.startswith("usage: qat_rewrite inspect")
+  assert done.stderr == ""
+
+
+def test_quantize_for_tflite_keeps_the_converter_chatter_out(workdir, capfd):
+  status = cli.main(_flag(QUANTIZE, "--output_dir", "tfl") + ["--target", "tflite"])
+  out, err = capfd.readouterr()
+  assert status == 0, err
+  assert "fully_quantize" not in out + err
+  assert "quantized_model.tflite" in out + err  # what the user asked for is still said

@@ -520,8 +520,6 @@ def test_a_max_pool_read_by_a_conv_and_an_average_pool_exports_fully_integer(tmp
     x = tf.nn.max_pool2d(x, 3, 2, "VALID", name="pool")
     branch = tf.nn.relu(_conv_bn(x, 8, 1, 1, training, "branch1x1"))
     averaged = tf.nn.avg_pool2d(x, 3, 1, "SAME", name="avg")
-    # A sum, not Inception's concat: TFLite requantizes a concat's inputs to one range the
-    # converter picks, which the eval graph does not model yet (88% equal logits here).
     return branch + tf.nn.relu(_conv_bn(averaged, 8, 1, 1, training, "pool_proj"))
 
   graph, checkpoint, images = _block_qat(tmp_path, block)
@@ -530,6 +528,35 @@ def test_a_max_pool_read_by_a_conv_and_an_average_pool_exports_fully_integer(tmp
   assert quantizer.name == "pool/activation_MaxPool_quant/FakeQuantWithMinMaxVars"
   assert quantizer.inputs[1].op.name.startswith("stem/act_quant/")  # the stem's range
   _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path)
+
+
+@pytest.mark.parametrize("pool_branch", [True, False], ids=["with_pool_branch", "convs_only"])
+def test_an_inception_concat_runs_on_one_grid_and_agrees(tmp_path, pool_branch):
+  """TFLite's CONCATENATION has one scale, and its converter takes the first input's grid that
+  has one: each branch's own act_quant range was up to 77 LSB from it (tf-slim inception_v2).
+  The branches only the concat reads now take the concat's grid: the max pool's (the stem's
+  range) when it is an input, as in Inception's reduction blocks, else a range of its own."""
+  def block(x, training):
+    x = tf.nn.max_pool2d(x, 3, 2, "VALID", name="pool")
+    branch1 = tf.nn.relu(_conv_bn(x, 8, 1, 1, training, "branch1x1"))
+    reduced = tf.nn.relu(_conv_bn(x, 4, 1, 1, training, "branch3x3_reduce"))
+    branch3 = tf.nn.relu(_conv_bn(reduced, 8, 3, 1, training, "branch3x3"))
+    averaged = tf.nn.avg_pool2d(x, 3, 1, "SAME", name="avg")
+    projected = tf.nn.relu(_conv_bn(averaged, 8, 1, 1, training, "pool_proj"))
+    branches = [branch1, branch3, projected] + ([x] if pool_branch else [])
+    return tf.concat(branches, axis=3, name="mixed")
+
+  graph, checkpoint, images = _block_qat(tmp_path, block)
+  (quantizer,) = graph.get_operation_by_name("mixed").outputs[0].consumers()
+  assert quantizer.name == "mixed/activation_ConcatV2_quant/FakeQuantWithMinMaxVars"
+  range_scope = "stem/act_quant/" if pool_branch else "mixed/activation_ConcatV2_quant/"
+  assert quantizer.inputs[1].op.name.startswith(range_scope)
+  names = {op.name for op in graph.get_operations()}
+  for layer in ("branch1x1", "branch3x3", "pool_proj"):  # read by the concat alone
+    assert not any(n.startswith(layer + "/act_quant/") for n in names), layer
+  assert "branch3x3_reduce/act_quant/FakeQuantWithMinMaxVars" in names  # read by a conv
+  _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path,
+                                               min_equal=1.0)
 
 
 def test_a_sum_read_by_a_shortcut_conv_and_its_relu_exports_fully_integer(tmp_path):

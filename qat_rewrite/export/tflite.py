@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 
 import tensorflow as tf
 
-from qat_rewrite import files
+from qat_rewrite import files, native_output
 from qat_rewrite.export import arguments, converter_compat, frozen, integer_check, large_weights
 from qat_rewrite.quant import pool_rounding
 
@@ -99,7 +99,8 @@ def _convert(graph_def, input_nodes, output_nodes, ranges, shapes, inference_typ
   converter.quantized_input_stats = {
       n: quantized_input_stats(ranges[n], inference_type) for n in input_nodes}
   try:
-    return converter.convert()
+    with native_output.dropping(2, native_output.CONVERTER_CHATTER):
+      return converter.convert()
   except Exception as err:  # the converter raises ConverterError and friends
     raise ValueError("the TFLite converter refused the eval graph (outputs %s): %s"
                      % (", ".join(output_nodes), converter_errors(err))) from err

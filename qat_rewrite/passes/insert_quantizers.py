@@ -9,6 +9,9 @@ by quantized tensors. Beyond contrib, pooling gets the ranges TFLite needs: an A
 output is rounded on its input quantizer's grid (`<op>/activation_AvgPool_quant`, no new
 variables), a pooling Mean gets a range of its own (`<op>/activation_Mean_quant`), and a max
 pool read by several layers gets its input's grid explicitly (`<op>/activation_MaxPool_quant`).
+A concat runs on one grid, as TFLite runs it (`<op>/activation_ConcatV2_quant`): the grid of
+its first input that has one, else a range of its own; a layer output that only concats read
+gets no `act_quant` of its own.
 A residual sum read beside its ReLU gets `add_quant`. Every quantizer feeds every reader of the
 tensor it quantizes.
 """
@@ -36,6 +39,7 @@ _CHAIN_ROLES_LAST_FIRST = ("forced_updates", "bias", "fold_reshape_back", "folde
                            "batch_to_space", "layer")
 _GENERIC_TYPES = ADD_TYPES + ("Mul",)
 _POOL_TYPES = ("AvgPool", "Mean")
+_CONCAT_TYPES = ("ConcatV2",)
 # Ops whose output values are input values, so an input quantizer's grid is also theirs
 # (Pad adds zeros, which every range holds).
 _SAME_GRID_TYPES = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "MaxPool", "Max",
@@ -63,6 +67,7 @@ def insert_quantizers(graph, settings, folded):
   excluded = folded_away_ops(view) | {op for op in view.ops if not settings.in_scope(op)}
   matches = find_matches(quantizable_layer(), view.ops, "layer", exclude=excluded)
   reports, quantized_weights, layer_ops, inputs = [], {}, set(), []
+  concatenated = set()  # layer outputs left to their concat's quantizer
   float_ops = _unmatched_layers(view, matches, settings)
   for m in matches:
     layer = m.op("layer")
@@ -74,9 +79,9 @@ def insert_quantizers(graph, settings, folded):
     if why:
       float_ops.append(FloatOp(layer.name, layer.type, why))
       continue
-    reports.append(_quantize_layer(view, m, settings, folded, quantized_weights))
+    reports.append(_quantize_layer(view, m, settings, folded, quantized_weights, concatenated))
     inputs.append((m, reports[-1]))
-  others = _quantize_generic_ops(graph, settings, layer_ops)
+  others = _quantize_generic_ops(graph, settings, layer_ops, concatenated)
   if settings.quantize_inputs:  # after every output quantizer: layers are not in graph order
     for m, report in inputs:
       layer = m.op("layer")
@@ -90,7 +95,7 @@ def insert_quantizers(graph, settings, folded):
   return reports, others, float_ops
 
 
-def _quantize_layer(view, m, settings, folded, quantized_weights):
+def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
   layer = m.op("layer")
   kind = kind_of(layer)
   report = LayerReport(layer=layer.name, kind=kind.name, folded_batch_norm=folded.get(layer.name))
@@ -129,8 +134,11 @@ def _quantize_layer(view, m, settings, folded, quantized_weights):
   if m.has("activation") or not m.has("bypass"):
     # Before a dropout: training quantizes what eval quantizes, the values it drops at random.
     output = dropout_input(last) if is_dropout(last) else last.outputs[0]
-    _quantize_output(view, output, join(ctx, "act_quant"), settings, settings.activation_spec(),
-                     report)
+    if _read_only_by_concats(view, output, settings):
+      concatenated.add(output)
+    else:
+      _quantize_output(view, output, join(ctx, "act_quant"), settings,
+                       settings.activation_spec(), report)
   if m.has("post_bypass"):
     _quantize_output(view, m.tensor("post_bypass"), join(context(m.op("post_bypass")),
                      "post_activation_bypass_quant"), settings, settings.activation_spec(), report)
@@ -162,9 +170,11 @@ def _quantize_weights(view, layer, kind, settings, quantized_weights, report):
   report.quantizers.append(scope.rstrip("/"))
 
 
-def _quantize_output(view, tensor, name, settings, spec, report, consumers=None, owner=None):
+def _quantize_output(view, tensor, name, settings, spec, report, consumers=None, owner=None,
+                     nonnegative=None):
   """Inserts a quantizer on `tensor` for `consumers` (default: all), unless it has one or its
-  `owner` op (default: the tensor's own) is out of scope."""
+  `owner` op (default: the tensor's own) is out of scope. `nonnegative` defaults to whether
+  `tensor` is a ReLU output."""
   if not settings.in_scope(owner or tensor.op) or view.followed_by_fake_quant(tensor):
     return None
   consumers = view.consumers(tensor) if consumers is None else consumers
@@ -174,7 +184,8 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None,
     quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.training,
                                          delay_reached=settings.delay_reached(scope + "activate_quant"),
                                          use_resource=settings.use_resource,
-                                         nonnegative=tensor.op.type in RELU_TYPES,
+                                         nonnegative=(tensor.op.type in RELU_TYPES
+                                                      if nonnegative is None else nonnegative),
                                          in_update_ops=_may_update(view, tensor))
   editor.reroute(tensor, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
@@ -224,9 +235,10 @@ def _rescaling_chain(tensor):
   return chain[::-1]
 
 
-def _quantize_generic_ops(graph, settings, layer_ops):
+def _quantize_generic_ops(graph, settings, layer_ops, concatenated):
   """Add/Mul ops fed by quantized tensors get an output quantizer (squeeze-excite, scaling),
-  and so do pools of quantized tensors; in graph order, so a pool sees its input's quantizer."""
+  and so do pools of quantized tensors and concats of quantized or `concatenated` tensors; in
+  graph order, so a pool sees its input's quantizer and a concat its inner concats."""
   view = GraphView(graph)
   names, memo = [], {}
   for op in list(view.ops):
@@ -237,6 +249,8 @@ def _quantize_generic_ops(graph, settings, layer_ops):
       _quantize_pool(view, op, settings, memo, holder)
     elif op.type == "MaxPool" and len(view.consumers(op.outputs[0])) > 1:
       _quantize_on_input_grid(view, op, holder)
+    elif op.type in _CONCAT_TYPES:
+      _quantize_concat(view, op, settings, memo, concatenated, holder)
     elif op.type in _GENERIC_TYPES and any(_reaches_fake_quant(t, memo) for t in op.inputs):
       target = sole_relu_consumer(op) or op  # an add fused with its ReLU is quantized after it
       if not view.followed_by_fake_quant(target.outputs[0]):
@@ -275,6 +289,57 @@ def _quantize_pool(view, op, settings, memo, report):
       quantized = tf.where(delay, quantized, output, name="delayed_quant")
   editor.reroute(output, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
+
+
+def _read_only_by_concats(view, tensor, settings):
+  """True if every reader of `tensor` is a concat the rewrite quantizes (in scope)."""
+  readers = view.consumers(tensor)
+  return bool(readers) and all(r.type in _CONCAT_TYPES and settings.in_scope(r) for r in readers)
+
+
+def _quantize_concat(view, op, settings, memo, concatenated, report):
+  """TFLite's CONCATENATION has one scale for its inputs and output, and its converter takes
+  the grid of the first input that has one (a pool, a tensor other ops read): the branches
+  convert onto it, other inputs are requantized to it. The eval graph computes the same: the
+  concat output is rounded on that grid (`activation_ConcatV2_quant`, no new variables), and
+  a concat of layer outputs that only it reads gets a range of its own. Per-branch ranges
+  instead were up to 77 LSB from TFLite on tf-slim inception_v2. A concat only concats read
+  is left to the outer one."""
+  values = op.inputs[:-1]  # the last input is the axis
+  if not all(t.dtype == tf.float32 for t in values) or not any(
+      t in concatenated or _reaches_fake_quant(t, memo) for t in values):
+    return
+  output = op.outputs[0]
+  if view.followed_by_fake_quant(output):
+    return
+  if _read_only_by_concats(view, output, settings):
+    concatenated.add(output)
+    return
+  name = join(op.name, "activation_%s_quant" % op.type)
+  anchor = next((t for t in values if t not in concatenated), None)
+  quantizer, delay = _input_quantizer(anchor) if anchor is not None else (None, None)
+  if quantizer is None:
+    _quantize_output(view, output, name, settings, settings.activation_spec(), report,
+                     nonnegative=all(_nonnegative(t) for t in values))
+    return
+  consumers = view.consumers(output)
+  scope = editor.unique_scope(op.graph, name)
+  with op.graph.as_default():
+    quantized = fake_quant.fake_quantize_like(output, quantizer, scope, delay)
+  editor.reroute(output, quantized, consumers)
+  report.quantizers.append(scope.rstrip("/"))
+
+
+def _nonnegative(tensor):
+  """True if `tensor` is a ReLU output, or a value-preserving op or concat of those."""
+  op = tensor.op
+  if op.type in RELU_TYPES:
+    return True
+  if op.type in _CONCAT_TYPES:
+    return all(_nonnegative(t) for t in op.inputs[:-1])
+  if op.type in _SAME_GRID_TYPES or op.type in FAKE_QUANT_TYPES:
+    return bool(op.inputs) and _nonnegative(op.inputs[0])
+  return False
 
 
 def _quantize_on_input_grid(view, op, report):

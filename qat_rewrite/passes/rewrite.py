@@ -11,7 +11,7 @@ from qat_rewrite.passes.fold_batch_norm import apply_folds, find_batch_norm_fold
 from qat_rewrite.passes.insert_quantizers import Settings, insert_quantizers
 from qat_rewrite.quant import fake_quant, pool_rounding
 from qat_rewrite.quant.spec import activation_spec, weight_spec
-from qat_rewrite.report import FloatOp, QuantizeReport
+from qat_rewrite.report import LEARNING_PHASE_COPY, FloatOp, QuantizeReport
 
 
 def _check_bits(name, value):
@@ -39,7 +39,9 @@ def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None,
   """
   checks.check_no_training_ops(graph)
   conditional = checks.conditional_batch_norms(graph, in_scope)
-  folds, unfoldable, folded_before = find_batch_norm_folds(GraphView(graph), in_scope)
+  view = GraphView(graph)
+  folds, unfoldable, folded_before = find_batch_norm_folds(view, in_scope)
+  copy = _learning_phase_copy(conditional, folds)
   # A graph rewritten before has its lone batch norms folded (and folds' own batch norms).
   first_rewrite = settings_record.recorded(graph) is None
   lone = (lone_batch_norm.lone_batch_norms(graph, in_scope, folds)
@@ -61,13 +63,34 @@ def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None,
   report = QuantizeReport(mode="training" if training else "eval", notes=notes)
   report.float_ops.extend(FloatOp(op.name, op.type, "batch norm not folded: " + why)
                           for op, why in unfoldable)
-  excluded = {layer: "its batch norm is inside the training-flag conditional %s; build with "
-                     "training=True/False to quantize it" % cond.name
-              for layer, cond in conditional.items()}
-  if excluded:
+  excluded = {layer: _why_conditional(layer, cond, copy) for layer, cond in conditional.items()}
+  left = [cond for layer, cond in conditional.items() if layer not in copy]
+  if left:
     logging.warning("%d layers stay float: their batch norm is behind a training-flag "
-                    "conditional (e.g. %s)", len(excluded), next(iter(conditional.values())).name)
+                    "conditional (e.g. %s)", len(left), left[0].name)
+  if len(left) < len(conditional):
+    logging.info("%d layers stay float %s", len(conditional) - len(left), LEARNING_PHASE_COPY)
   return report, folded, excluded, use_resource
+
+
+def _learning_phase_copy(conditional, folds):
+  """The conditional-BN layers that are Keras' construction copy of a model the user called
+  with training=True/False: the called layers carry the same names under the model's name
+  scope (`resnet50v2/conv1_conv/Conv2D` for `conv1_conv/Conv2D`), and they fold. A model built
+  without `training=` and never called so has no folded twin, and keeps its warning."""
+  called = set()
+  for fold in folds:
+    parts = fold.layer.name.split("/")
+    called.update("/".join(parts[i:]) for i in range(1, len(parts)))
+  return {layer for layer in conditional if layer.name in called}
+
+
+def _why_conditional(layer, cond, copy):
+  if layer in copy:
+    return "%s (its batch norm is inside the training-flag conditional %s)" % (
+        LEARNING_PHASE_COPY, cond.name)
+  return ("its batch norm is inside the training-flag conditional %s; build with "
+          "training=True/False to quantize it" % cond.name)
 
 
 def warn_if_nothing_quantized(report):

@@ -9,7 +9,7 @@ inside the graph) and the check, after conversion, that no computation stayed fl
 import tensorflow as tf
 from absl import logging
 
-from qat_rewrite import calibration_data
+from qat_rewrite import calibration_data, native_output
 from qat_rewrite.export import integer_check
 
 MODEL = "quantized_model.tflite"
@@ -43,7 +43,8 @@ def calibrated_contents(graph_def, input_fn, input_nodes, output_nodes, input_sh
   converter.inference_input_type = tf.int8
   converter.inference_output_type = tf.int8
   try:
-    model = converter.convert()
+    with native_output.dropping(2, native_output.CONVERTER_CHATTER):
+      model = converter.convert()
   except Exception as e:  # the converter's own error types vary between releases
     if input_errors:
       raise input_errors[0]
