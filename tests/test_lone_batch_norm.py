@@ -33,6 +33,9 @@ def preact_resnet(training):
 def trained(tmp_path_factory):
   directory = str(tmp_path_factory.mktemp("preact"))
   with tf.Graph().as_default() as graph:
+    # Seeded: unseeded, the initial weights changed every run and so did the agreement (it
+    # fell to 94% of 48 logits, 1 LSB, in one full-suite run; see issue 13 on why).
+    v1.set_random_seed(0)
     _, out = preact_resnet(training=True)
     report = quantize.experimental_create_training_graph(**OPTIONS)
     with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):

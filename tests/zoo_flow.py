@@ -47,6 +47,7 @@ import tensorflow as tf  # noqa: E402
 import zoo_models  # noqa: E402
 from qat_rewrite import decent_q, export, quantize  # noqa: E402
 from qat_rewrite.export import agreement  # noqa: E402
+from qat_rewrite.graph import frozen  # noqa: E402
 from qat_rewrite.report import LEARNING_PHASE_COPY  # noqa: E402
 from qat_rewrite.targets.dpu import agreement as dpu_agreement  # noqa: E402
 
@@ -169,11 +170,15 @@ def to_tflite(graph, checkpoint, batches, workdir, result):
       return _not_fully_integer(record, not_integer)
   record.update(fully_integer=True, megabytes=exported.size_bytes / 1e6)
   feeds = {"net_in": np.concatenate([x for x, _ in batches])}
-  logits = []
+  logits, expected = [], None
   for kernels, delegates in (("xnnpack", True), ("builtin", False)):
-    (agree,) = agreement.compare_tflite(exported, feeds, delegates=delegates).values()
+    got, params, eval_feeds = agreement.run_tflite(exported.path, feeds, delegates)
+    ((ints, (scale, zero_point)),) = [(got[k], params[k]) for k in got]
+    if expected is None:  # the same input integers for both runtimes
+      (expected,) = frozen.run_graph_def(exported.eval_graph_def, eval_feeds,
+                                         exported.output_nodes).values()
+    agree = agreement.compare_integers(expected, scale, zero_point, ints)
     record[kernels] = dict(equal_share=agree.equal_share, max_lsb=int(agree.max_lsb))
-    (ints,) = agreement.run_tflite(exported.path, feeds, delegates)[0].values()
     logits.append(ints.astype(np.int64))
   # The two runtimes' own agreement bounds what one eval graph can agree with both.
   diff = np.abs(logits[0] - logits[1])

@@ -18,12 +18,11 @@ the delay, A = 1 and B uses the moving statistics, which stop updating.
 
 import dataclasses
 import re
-import weakref
 from typing import Dict, Optional
 
 import tensorflow as tf
 
-from qat_rewrite.graph import editor
+from qat_rewrite.graph import editor, state
 from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.graph.view import (CONTROL_FLOW_TYPES, GraphView, constant_value, context,
                                     join, value_of)
@@ -33,9 +32,10 @@ from qat_rewrite.quant import fake_quant
 
 _SHAPE_ONLY_TYPES = ("Shape", "ShapeN", "Size", "Rank")  # read no values: a fold changes none
 _MUL_FOLD = re.compile(r"mul_fold(_\d+)?")  # TF numbers a second one in the same scope
-# graph -> {name of a batch norm's last op: the tensor that replaced its output}
-_REPLACED = weakref.WeakKeyDictionary()
-_EVAL_BIAS = weakref.WeakKeyDictionary()  # graph -> {layer name: builds the eval fold's bias}
+# Graph state (graph/state.py): {name of a batch norm's last op: the tensor that replaced its
+# output}, and {layer name: builds the eval fold's bias}.
+_REPLACED = "fold_batch_norm.replaced"
+_EVAL_BIAS = "fold_batch_norm.eval_bias"
 
 
 def eval_time_bias(graph, layer_name):
@@ -43,7 +43,7 @@ def eval_time_bias(graph, layer_name):
   (once) in a training graph whose fold normalizes with batch statistics, which never adds it.
   Targets that quantize the folded bias coarsely (DPU: weight_bit bits) need it to train with
   its rounding. None if the layer has no such fold."""
-  build = _EVAL_BIAS.get(graph, {}).get(layer_name)
+  build = state.get(graph, _EVAL_BIAS, {}).get(layer_name)
   return build() if build else None
 
 
@@ -51,7 +51,7 @@ def replaced_outputs(graph) -> Dict[str, tf.Tensor]:
   """{op name: tensor} for each batch norm output a fold of `graph` replaced. A user who named
   that op (decent_q's output_nodes) means the folded tensor: the op itself is left behind,
   still computing the unfolded batch norm, read by nothing."""
-  return dict(_REPLACED.get(graph, {}))
+  return dict(state.get(graph, _REPLACED, {}))
 
 
 @dataclasses.dataclass
@@ -282,7 +282,7 @@ def fold(view, f, training, frozen=None):
   with graph.name_scope(join(ctx, "BatchNorm_Fold") + "/"):
     if batch_stats and frozen is None:
       folded = _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias)
-      _EVAL_BIAS.setdefault(graph, {})[f.layer.name] = _once(
+      state.setdefault(graph, _EVAL_BIAS, {})[f.layer.name] = _once(
           graph, join(ctx, "BatchNorm_Fold") + "/",
           lambda: tf.add(beta, (bias - moving_mean) * scale, name="bias"))
     elif batch_stats:
@@ -300,7 +300,7 @@ def fold(view, f, training, frozen=None):
         y = tf.multiply(y, multiplier, name="post_conv_mul")
       folded = tf.add(y, offset, name="add_fold")
   changed = editor.reroute(f.output, folded, view.consumers(f.output))
-  _REPLACED.setdefault(graph, {})[f.output.op.name] = folded
+  state.setdefault(graph, _REPLACED, {})[f.output.op.name] = folded
   if not changed:
     notes.append("batch norm %s output had no consumers" % f.bn_name)
   return notes

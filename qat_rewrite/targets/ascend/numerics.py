@@ -33,30 +33,26 @@ def ulq(x, clip_min, clip_max, fixed_min, name="ulq"):
   Gradients (AMCT's ActsULQ kernels): x passes straight through inside the grid and gets 0
   outside; with e = (round(x/s) - x/s)/255 inside (and (round(lo/s) - lo/s)/255 outside),
   d clip_max = Σ g·(above + e) and d clip_min = Σ g·(below - e), where above/below mark x
-  beyond the grid. With fixed_min the lower bound is 0 and gets no gradient.
+  beyond the grid. With fixed_min the lower bound is 0 and gets no gradient. They come from a
+  surrogate s whose derivatives are those (s - stop_gradient(s) adds 0 to the value), not
+  from tf.custom_gradient, which in graph mode keeps its tensors, and so the whole graph, in
+  TensorFlow's process-wide gradient registry for good.
   """
-  @tf.custom_gradient
-  def quantize(x, clip_min, clip_max):
+  with tf.name_scope(name):
     scale, offset, lo = data_scale_offset(clip_min, clip_max, fixed_min)
     raw = x * (1.0 / scale)
     low, high = QMIN - offset, QMAX - offset
     below, above = raw < low, raw > high
     rounded = tf.round(raw)
     y = tf.clip_by_value(rounded, low, high) * scale
-
-    def grad(dy):
-      inside = tf.logical_not(tf.logical_or(below, above))
-      error_lo = (tf.round(lo / scale) - lo / scale) / LEVELS
-      error = tf.where(inside, (rounded - raw) / LEVELS, error_lo)
-      d_max = tf.reduce_sum(dy * (tf.cast(above, dy.dtype) + error))
-      d_min = tf.reduce_sum(dy * (tf.cast(below, dy.dtype) - error))
-      if fixed_min:
-        d_min = tf.zeros_like(d_min)
-      return dy * tf.cast(inside, dy.dtype), d_min, d_max
-    return y, grad
-
-  with tf.name_scope(name):
-    return quantize(x, clip_min, clip_max)
+    inside = tf.logical_not(tf.logical_or(below, above))
+    error_lo = (tf.round(lo / scale) - lo / scale) / LEVELS
+    error = tf.stop_gradient(tf.where(inside, (rounded - raw) / LEVELS, error_lo))
+    min_weight = tf.zeros_like(error) if fixed_min else tf.cast(below, x.dtype) - error
+    surrogate = (tf.where(tf.stop_gradient(inside), x, tf.zeros_like(x))
+                 + clip_max * tf.stop_gradient(tf.cast(above, x.dtype) + error)
+                 + clip_min * tf.stop_gradient(min_weight))
+    return tf.stop_gradient(y) + (surrogate - tf.stop_gradient(surrogate))
 
 
 def weight_scale(w, axes):

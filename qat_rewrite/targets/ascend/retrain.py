@@ -149,29 +149,42 @@ def _initialized_from_data(x, clip_min, clip_max, initialized, fixed_min):
 
   The variables take the batch's range in the backward pass of the first training step (before
   the optimizer updates them), so the forward pass holds no assignment: a frozen eval graph
-  stays importable, and the eval graph never changes its variables.
+  stays importable, and the eval graph never changes its variables. The bounds pass through an
+  IdentityN whose gradient (`_initialize_clips`, registered once for the process) does it.
   """
   ready = initialized.read_value()
   batch_min = tf.stop_gradient(tf.minimum(tf.reduce_min(x), 0.0))
   batch_max = tf.stop_gradient(tf.reduce_max(x))
   low = tf.where(ready, clip_min.read_value(), batch_min)
   high = tf.where(ready, clip_max.read_value(), batch_max)
+  with x.graph.gradient_override_map({"IdentityN": _INITIALIZE_GRADIENT[fixed_min]}):
+    return tf.identity_n([low, high], name="initialize_on_backward")
 
-  def initialize():
-    assigns = [clip_max.assign(high, name="init_clip_max")]
-    if not fixed_min:
-      assigns.append(clip_min.assign(low, name="init_clip_min"))
-    with tf.control_dependencies(assigns):
-      return [initialized.assign(True, name="mark_initialized")]
 
-  @tf.custom_gradient
-  def initialize_on_backward(low, high):
-    def grad(d_low, d_high):
-      with tf.control_dependencies(initialize()):
-        return tf.identity(d_low), tf.identity(d_high)
-    return (tf.identity(low), tf.identity(high)), grad
+def _initialize_clips(op, d_low, d_high, fixed_min):
+  """The gradient of `initialize_on_backward`: first assign its inputs (the bounds in use) to
+  the clip variables of its scope and mark them initialized, then pass the gradients on. It
+  finds the variables by name, so it holds no graph: tf.custom_gradient would keep every
+  rewritten graph alive in TensorFlow's gradient registry."""
+  scope = op.name.rpartition("/")[0]
+  variables = {v.op.name: v for v in op.graph.get_collection(
+      tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)}
+  low, high = op.inputs
+  assigns = [variables[scope + "/clip_max"].assign(high, name="init_clip_max")]
+  if not fixed_min:
+    assigns.append(variables[scope + "/clip_min"].assign(low, name="init_clip_min"))
+  with tf.control_dependencies(assigns):
+    marked = variables[scope + "/initialized"].assign(True, name="mark_initialized")
+  with tf.control_dependencies([marked]):
+    return tf.identity(d_low), tf.identity(d_high)
 
-  return initialize_on_backward(low, high)
+
+_INITIALIZE_GRADIENT = {False: "QatRewriteAscendInitializeClips",
+                        True: "QatRewriteAscendInitializeClipMax"}
+tf.RegisterGradient(_INITIALIZE_GRADIENT[False])(
+    lambda op, d_low, d_high: _initialize_clips(op, d_low, d_high, fixed_min=False))
+tf.RegisterGradient(_INITIALIZE_GRADIENT[True])(
+    lambda op, d_low, d_high: _initialize_clips(op, d_low, d_high, fixed_min=True))
 
 
 def _record_op(graph, writers, record_file):

@@ -5,10 +5,10 @@ position tensors are remembered per graph, so that `deploy` can freeze what `rew
 """
 
 import time
-import weakref
 
 from absl import logging
 
+from qat_rewrite.graph import state
 from qat_rewrite.graph.view import subgraph_ops
 from qat_rewrite.layers import kind_of
 from qat_rewrite.passes import settings_record
@@ -18,7 +18,7 @@ from qat_rewrite.report import LayerReport
 from qat_rewrite.targets.dpu import quantizers, simulate
 from qat_rewrite.targets.dpu.plan import Precision, make_plan
 
-_REWRITES = weakref.WeakKeyDictionary()  # graph -> Rewritten
+_REWRITTEN = "dpu.rewritten"  # graph state (graph/state.py): the Rewritten record
 _POST_TRAINING_FIELDS = ("do_cle", "fold_bn_only", "fold_reshape", "replace_softmax")
 
 
@@ -31,7 +31,7 @@ class Rewritten:
 
 def rewritten(graph):
   """The record of the DPU rewrite of `graph`, or None."""
-  return _REWRITES.get(graph)
+  return state.get(graph, _REWRITTEN)
 
 
 def rewrite(graph, config, training):
@@ -63,7 +63,7 @@ def rewrite(graph, config, training):
                      config.output_nodes, replaced)
     positions = quantizers.build(graph, plan, training, use_resource, config.adjust_shift_cut,
                                  config.adjust_shift_bias)
-    _REWRITES[graph] = Rewritten(plan, positions, training, config)
+    state.put(graph, _REWRITTEN, Rewritten(plan, positions, training, config))
     settings_record.record(graph, settings_record.describe(
         target="dpu", weight_bit=config.weight_bit, activation_bit=config.activation_bit,
         method=config.method, nodes_bit=list(config.nodes_bit),
