@@ -69,7 +69,7 @@ class QuantizeReport:
       if f not in copy:
         lines.append("  float %-12s %s: %s" % (f.type, f.op, f.reason))
     if copy:
-      lines.append("  float %d layers %s (its batch norms sit behind the training-flag "
+      lines.append("  float %d layers %s (their batch norms sit behind the training-flag "
                    "conditional), e.g. %s" % (len(copy), LEARNING_PHASE_COPY, copy[0].op))
     lines.extend("  note: %s" % n for n in self.notes)
     return "\n".join(lines)

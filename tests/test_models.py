@@ -56,7 +56,7 @@ def test_resnet50_training_graph_quantizes_all_54_layers_and_folds_53_batch_norm
   assert len(copy) == len(report.float_ops) == 53
   assert all("resnet50/" + f.op in report.quantized_weights for f in copy)
   printed = [l for l in str(report).splitlines() if l.lstrip().startswith("float")]
-  assert printed == ["  float 53 layers %s (its batch norms sit behind the training-flag "
+  assert printed == ["  float 53 layers %s (their batch norms sit behind the training-flag "
                      "conditional), e.g. %s" % (LEARNING_PHASE_COPY, copy[0].op)]
   with tf.compat.v1.Session(graph=graph) as sess:
     sess.run(tf.compat.v1.global_variables_initializer())
