@@ -26,3 +26,25 @@ def full_disk(monkeypatch):
     monkeypatch.setattr(os, "fdopen", failing_fdopen)
 
   return arm
+
+
+def pytest_collection_finish(session):
+  """Starts the model-zoo flows now, to run beside the other tests (zoo_runs.py)."""
+  import zoo_runs  # pylint: disable=import-outside-toplevel
+  runs = zoo_runs.start(session.items)
+  if runs is not None:
+    session.config.stash[zoo_runs.STASH_KEY] = runs
+
+
+def pytest_terminal_summary(terminalreporter, config):
+  import zoo_runs  # pylint: disable=import-outside-toplevel
+  runs = config.stash.get(zoo_runs.STASH_KEY, None)
+  if runs is not None:
+    terminalreporter.write_line(runs.summary())
+
+
+def pytest_sessionfinish(session):
+  import zoo_runs  # pylint: disable=import-outside-toplevel
+  runs = session.config.stash.get(zoo_runs.STASH_KEY, None)
+  if runs is not None:
+    runs.close()

@@ -1,14 +1,13 @@
 """Real models written by others (tf-slim 1.1.0's nets, tf_keras.applications), through the
-README's int8 flow as a user's scripts run it (zoo_flow.py): one process per model.
+README's int8 flow as a user's scripts run it (zoo_flow.py): one process per model, started
+when the session's tests are collected so that they run beside the rest (zoo_runs.py).
 
 CI runs the subjects in CI_MODELS, chosen to cover every layer pattern the zoo holds within the
 suite's time; QAT_REWRITE_ZOO=full runs all 15, with the DPU deploy on every slim net (about
 35 min on 2 cores; benchmarks/model_zoo.py prints the figures).
 """
 
-import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -16,22 +15,23 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import zoo_flow  # noqa: E402
 import zoo_models  # noqa: E402
+import zoo_runs  # noqa: E402
 
-# name: (DPU deploy in CI, the pattern it covers)
+# name: (DPU deploy in CI, the pattern it covers); the longest flows first, as they start in
+# this order, two at a time
 CI_MODELS = {
-    "alexnet_v2": (False, "no batch norm, 5x5 VALID fc6 conv, dropout"),
-    "inception_v1": (True, "inception blocks, max pool branches, SpatialSqueeze"),
-    "inception_v2": (False, "separable first conv (depthwise multiplier 8), concat"),
     "resnet_v1_50": (True, "conv2d_same Pad before conv1, bottlenecks, strided shortcuts"),
-    "resnet_v2_50": (False, "pre-activation and post-norm batch norms that fold into no conv"),
-    "ResNet50V2": (False, "Keras pre-activation, ZeroPadding, learning-phase copy"),
+    "inception_v1": (True, "inception blocks, max pool branches, SpatialSqueeze"),
+    "Xception": (False, "separable convs, a residual sum read by a ReLU and a shortcut conv"),
+    "InceptionV3": (False, "max pool read by convs and an average-pool branch"),
     "EfficientNetB0": (False, "Rescaling/Normalization preprocessing, swish, squeeze-excite, "
                               "dropout and stochastic depth"),
-    "InceptionV3": (False, "max pool read by convs and an average-pool branch"),
-    "Xception": (False, "separable convs, a residual sum read by a ReLU and a shortcut conv"),
+    "ResNet50V2": (False, "Keras pre-activation, ZeroPadding, learning-phase copy"),
+    "resnet_v2_50": (False, "pre-activation and post-norm batch norms that fold into no conv"),
+    "inception_v2": (False, "separable first conv (depthwise multiplier 8), concat"),
     "MobileNetV3Small": (False, "Rescaling before the first conv, hard-swish, squeeze-excite"),
+    "alexnet_v2": (False, "no batch norm, 5x5 VALID fc6 conv, dropout"),
 }
 FULL = os.environ.get("QAT_REWRITE_ZOO") == "full"
 SUBJECTS = list(zoo_models.MODELS) if FULL else list(CI_MODELS)
@@ -42,17 +42,20 @@ NOT_FULLY_INTEGER = {"NASNetMobile": "191 float tensors in its NAS cells, not in
 NEEDS_INPUT_RANGES = {"EfficientNetB0"}
 
 
+# The flags each subject's flow runs with; conftest.py starts the selected ones at collection.
+ZOO_FLOW_COMMANDS = {
+    name: ["--decent-q"] if zoo_models.MODELS[name].family == "slim" and (
+        FULL or CI_MODELS[name][0]) else []
+    for name in SUBJECTS}
+
+
 @pytest.fixture(scope="module", params=SUBJECTS)
-def flow(request, tmp_path_factory):
-  """The flow's result dict for one subject, run in a process of its own."""
-  name = request.param
-  cmd = [sys.executable, zoo_flow.__file__, name, str(tmp_path_factory.mktemp(name))]
-  if zoo_models.MODELS[name].family == "slim" and (FULL or CI_MODELS[name][0]):
-    cmd.append("--decent-q")
-  done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=1800)
-  lines = [l for l in done.stdout.splitlines() if l.startswith(zoo_flow.RESULT_TAG)]
-  assert done.returncode == 0 and lines, "%s failed:\n%s" % (name, done.stderr[-3000:])
-  return json.loads(lines[0][len(zoo_flow.RESULT_TAG):])
+def flow(request):
+  """The flow's result dict for one subject (its own process, started at collection)."""
+  try:
+    return request.config.stash[zoo_runs.STASH_KEY].result(request.param)
+  except zoo_runs.FlowFailed as failed:
+    pytest.fail(str(failed), pytrace=False)
 
 
 def test_trains_with_every_layer_quantized(flow):
