@@ -39,7 +39,7 @@ def add_range_summaries(graph=None):
       else:
         continue
       summary = tf.compat.v1.summary.scalar("%s/%s/%s" % (FAMILY, scope, role), value)
-      tags.append(_tag(summary))
+      tags.append(summary.op.name)  # the tag the scalar writes
   if not tags:
     raise ValueError("no quantizer variables in the graph: call add_range_summaries after the "
                      "training rewrite (create_training_graph, CreateQuantizeTrainingGraph or "
@@ -52,7 +52,3 @@ def _most_frequent_position(histogram):
   mode = tf.cast(tf.argmax(counts), tf.float32) + MIN_TRACKED_POS
   return tf.where(tf.reduce_sum(counts) > 0, mode, float("nan"))
 
-
-def _tag(summary):
-  """The tag a scalar summary op writes (its name scope, without TF's uniquifying suffix)."""
-  return summary.op.name
