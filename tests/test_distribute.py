@@ -252,3 +252,19 @@ if __name__ == "__main__":
     _worker(int(sys.argv[2]), sys.argv[3].split(","))
   else:
     main(sys.argv[1])
+
+
+def test_replica_named_scopes_share_ranges_only_under_a_strategy(caplog):
+  """A user's own `replica_1/` scope, with no tf.distribute strategy active, is a layer like any
+  other: its quantizers get range variables of their own, and the log says why."""
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf.compat.v1.placeholder(tf.float32, [None, 28, 28, 1])
+    first = _model(images, True)
+    with tf.compat.v1.variable_scope("replica_1"):
+      second = _model(images, True)
+    tf.compat.v1.losses.mean_squared_error(first, second)
+    quantize.create_training_graph()
+    names = {v.op.name for v in _range_variables(graph)}
+  assert {"conv/act_quant/min", "replica_1/conv/act_quant/min"} <= names
+  assert "no strategy is active" in caplog.text

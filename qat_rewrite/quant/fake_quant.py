@@ -5,7 +5,8 @@ tf.contrib.quantize named them (`<scope>/min`, `<scope>/max`), so contrib-era ev
 checkpoints restore; a moving average adds `<scope>/local_step`.
 
 Under tf.distribute (MirroredStrategy, MultiWorkerMirroredStrategy) in graph mode, replica k > 0
-builds its tower under `replica_<k>/`. Its quantizers create no variables: they read the range of
+builds its tower under `replica_<k>/`. When the rewrite runs with the strategy active (inside its
+scope or a replica function), that tower's quantizers create no variables: they read the range of
 the first replica's quantizer of the same name, after its update. So every replica quantizes on
 one grid, the ranges learn from the first replica's data (ONLY_FIRST_REPLICA), and the update,
 built outside any replica context, writes every mirrored copy alike. With several workers, each
@@ -81,6 +82,11 @@ def _first_replica_range(graph, var_scope):
   (`replica_<k>/<name>` -> `<name>`), or None: one range shared by all replicas."""
   first_scope, replicas = _REPLICA_SCOPE.subn(r"\1", var_scope + "/", count=1)
   if not replicas:
+    return None
+  if not tf.distribute.has_strategy():
+    logging.warning("%s looks like a tf.distribute replica's quantizer, but no strategy is "
+                    "active: it gets range variables of its own (call the rewrite inside "
+                    "strategy.scope() to share the first replica's)", var_scope)
     return None
   for op_type in ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"):
     try:
