@@ -1,8 +1,10 @@
 """The one place that mutates existing ops: rerouting consumers, changing an attribute.
 
-TensorFlow has no public API to change an existing op's input or attribute, so this
-module wraps the private `Operation._update_input` and `_set_attr` once. Everything else in the package
-only adds new ops, with public TF calls.
+TensorFlow has no public API to change an existing op's input or attribute, so this module
+wraps the private `Operation._update_input` and `_set_attr` once. Everything else in the package
+only adds new ops. (A few read-only private calls remain, each marked where it is made: a
+dtype's `_is_ref_dtype`, the TFLite interpreter's op list, a graph-mode strategy's
+distribute-values helper.)
 """
 
 

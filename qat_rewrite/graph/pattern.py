@@ -44,7 +44,9 @@ class Any:
 
 @dataclasses.dataclass(frozen=True)
 class Optional:
-  """`inner` if it matches here, otherwise `skip` (by default, what `inner` consumes)."""
+  """`inner` here, or `skip` in its place (by default, what `inner` consumes). Both are tried:
+  a pattern yields a match with the optional op and one without, and `find_matches` keeps the
+  largest."""
   inner: "Pattern"
   skip: "Pattern" = None
 
@@ -55,7 +57,8 @@ class Optional:
 
 @dataclasses.dataclass(frozen=True)
 class OneOf:
-  """The first alternative that leads to a complete match."""
+  """Any of `alternatives`. Each that matches yields a match; `find_matches` keeps the largest
+  (among equal sizes, the earlier alternative)."""
   alternatives: Tuple["Pattern", ...]
 
   def __init__(self, *alternatives):

@@ -18,7 +18,11 @@ CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
 
 
 class GraphView:
-  """A consumer map of `graph`, built once per pass (the graph must not change meanwhile)."""
+  """A snapshot of `graph`'s ops and consumers, taken when the view is built.
+
+  Edits made afterwards (new ops, reroutes) are not seen: a pass that edits asks only about
+  ops its edits leave alone, and the next pass builds a new view.
+  """
 
   def __init__(self, graph):
     self.graph = graph
