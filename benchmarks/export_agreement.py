@@ -4,7 +4,8 @@ Prints two markdown tables for the MNIST CNN (examples/tflite) and MobileNetV2 (
 weights, 3 QAT steps, 4 random images): output elements compared, % equal integers and max
 LSB difference under TFLite's default XNNPACK delegate and its builtin kernels, int8 and float
 TFLite sizes; then the same agreement for ONNX Runtime with and without its graph
-optimizations (QDQ fusion into integer kernels). The ONNX eval graph rounds pool ties to even
+optimizations (QDQ fusion into integer kernels). The TFLite table also compares each runtime
+with its own eval graph (requantize="xnnpack" / "tflite_builtin"). The ONNX eval graph rounds pool ties to even
 (pool_ties="to_even"), as ONNX Runtime does. Without the onnx extra the ONNX table is skipped.
 
   python benchmarks/export_agreement.py [--size 224] [--alpha 1.0]
@@ -50,10 +51,17 @@ def float_tflite_size(graph, checkpoint, inputs, output):
   return len(converter.convert())
 
 
-def both_kernels(export, feeds):
+def both_kernels(export, feeds, build_eval_graph=None, checkpoint=None):
   """Agreement under the default interpreter (XNNPACK delegate) and TFLite's builtin kernels,
-  which round some ties differently (e.g. AvgPool: builtin rounds half away from zero)."""
-  return tuple(agreement.combine(compare_tflite(export, feeds, delegates=d).values())
+  which round some ties differently (e.g. AvgPool: builtin rounds half away from zero); with
+  `build_eval_graph(requantize)`, each runtime against its own eval graph instead."""
+  def reference(delegates):
+    if build_eval_graph is None:
+      return {}
+    return dict(reference=build_eval_graph("xnnpack" if delegates else "tflite_builtin"),
+                checkpoint=checkpoint)
+  return tuple(agreement.combine(compare_tflite(export, feeds, delegates=d,
+                                                **reference(d)).values())
                for d in (True, False))
 
 
@@ -77,7 +85,14 @@ def mnist_row(workdir):
   graph = mnist.eval_graph()
   export = to_tflite(graph, os.path.join(workdir, "m.tflite"), [mnist.INPUT_NODE],
                      [mnist.OUTPUT_NODE], checkpoint=os.path.join(workdir, "qat"))
-  result = both_kernels(export, {mnist.INPUT_NODE: test_data[0]})
+  def mnist_eval_graph(requantize):
+    with tf.Graph().as_default() as graph:
+      mnist.model_fn(mnist.placeholders()[0], is_training=False)
+      quantize.experimental_create_eval_graph(graph, requantize=requantize, **mnist.OPTIONS)
+    return graph
+  feeds = {mnist.INPUT_NODE: test_data[0]}
+  result = both_kernels(export, feeds) + both_kernels(
+      export, feeds, mnist_eval_graph, os.path.join(workdir, "qat"))
   with tf.Graph().as_default() as onnx_graph:
     mnist.model_fn(mnist.placeholders()[0], is_training=False)
     quantize.experimental_create_eval_graph(onnx_graph, pool_ties="to_even", **mnist.OPTIONS)
@@ -128,7 +143,15 @@ def mobilenet_row(workdir, size, alpha):
                        checkpoint=checkpoint, input_ranges=ranges)
   except NotFullyIntegerError as err:
     return label, str(err).splitlines()[0], None, None, onnx_result
-  return label, both_kernels(export, {"images": images}), export.size_bytes, None, onnx_result
+  def runtime_eval_graph(requantize):
+    tf_keras.backend.clear_session()
+    with tf.Graph().as_default() as graph:
+      build(False)
+      quantize.experimental_create_eval_graph(graph, requantize=requantize, **options)
+    return graph
+  result = both_kernels(export, {"images": images}) + both_kernels(
+      export, {"images": images}, runtime_eval_graph, checkpoint)
+  return label, result, export.size_bytes, None, onnx_result
 
 
 def main():
@@ -140,17 +163,19 @@ def main():
   workdir = tempfile.mkdtemp(prefix="export_agreement_")
   rows = [mnist_row(workdir), mobilenet_row(workdir, args.size, args.alpha)]
   print("\n| model | elements | equal integers (XNNPACK / builtin kernels) | max difference "
-        "| int8 TFLite | float TFLite |")
-  print("|---|---|---|---|---|---|")
+        "| each runtime's own eval graph (requantize=) | int8 TFLite | float TFLite |")
+  print("|---|---|---|---|---|---|---|")
   for label, result, int8_size, float_size, _ in rows:
     sizes = ["%.1f KB" % (s / 1024.0) if s else "-" for s in (int8_size, float_size)]
     if isinstance(result, str):
-      print("| %s | export refused: %s | | | | |" % (label, result))
+      print("| %s | export refused: %s | | | | | |" % (label, result))
     else:
-      xnnpack, builtin = result
-      print("| %s | %d | %.2f%% / %.2f%% | %d / %d LSB | %s | %s |" % (
-          label, xnnpack.elements, 100 * xnnpack.equal_share, 100 * builtin.equal_share,
-          xnnpack.max_lsb, builtin.max_lsb, *sizes))
+      xnnpack, builtin, own_xnnpack, own_builtin = result
+      print("| %s | %d | %.2f%% / %.2f%% | %d / %d LSB | %.2f%% / %.2f%%, %d / %d LSB | %s | %s |"
+            % (label, xnnpack.elements, 100 * xnnpack.equal_share, 100 * builtin.equal_share,
+               xnnpack.max_lsb, builtin.max_lsb, 100 * own_xnnpack.equal_share,
+               100 * own_builtin.equal_share, own_xnnpack.max_lsb, own_builtin.max_lsb,
+               *sizes))
   if any(row[-1] is None for row in rows):
     print("\nONNX: skipped (pip install qat_rewrite[onnx])")
     return

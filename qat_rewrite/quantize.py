@@ -81,13 +81,22 @@ def experimental_create_training_graph(input_graph=None, weight_bits=8, activati
 def experimental_create_eval_graph(input_graph=None, weight_bits=8, activation_bits=8,
                                    symmetric=False, quant_delay=None, scope=None,
                                    per_channel_weights=False, quantize_inputs=False,
-                                   pool_ties="away_from_zero"):
+                                   pool_ties="away_from_zero", requantize="float"):
   """Eval rewrite with every option; use the same options as the training rewrite
-  (`pool_ties` may differ: one eval graph per export target)."""
+  (`pool_ties` and `requantize` may differ: one eval graph per export target).
+
+  requantize: how each quantized conv, depthwise and dense layer turns its accumulator into
+    output integers, and how a residual add adds. "float" (the default): in float32, rounded by the output FakeQuant.
+    "xnnpack" or "tflite_builtin": exactly as that TFLite CPU runtime does (XNNPACK's fp32
+    requantization, or the builtin kernels' fixed-point multiplier and rounding shift), in
+    integers, so the eval graph's logits equal the int8 model's bit for bit where float32
+    would flip an output near a rounding tie. Slower (float64 convolutions); for checking
+    agreement, not for training. Export from either: the exporters drop the emulation.
+  """
   return _rewrite(_graph(input_graph), training=False, weight_bits=weight_bits,
                  activation_bits=activation_bits, symmetric=symmetric, quant_delay=quant_delay,
                  scope=scope, per_channel=per_channel_weights, quantize_inputs=quantize_inputs,
-                 pool_ties=pool_ties)
+                 pool_ties=pool_ties, requantize=requantize)
 
 
 def check_checkpoint(checkpoint, input_graph=None):

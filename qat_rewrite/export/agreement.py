@@ -10,9 +10,11 @@ import collections
 
 import numpy as np
 
+from qat_rewrite.export import frozen as export_frozen
 from qat_rewrite.export import integer_check
 from qat_rewrite.export.onnx import output_producer
 from qat_rewrite.graph import frozen
+from qat_rewrite.quant import integer_requantize
 
 Agreement = collections.namedtuple("Agreement", "elements equal_share max_lsb")
 
@@ -66,11 +68,30 @@ def run_tflite(model_path, feeds, delegates=True):
   return outputs, params, eval_feeds
 
 
-def compare_tflite(export, feeds, delegates=True):
+def compare_tflite(export, feeds, delegates=True, reference=None, checkpoint=None):
   """{eval graph output: Agreement} of the TFLite model `export` (a TFLiteExport) with its
-  eval graph, fed `feeds` ({input node: float array})."""
+  eval graph, fed `feeds` ({input node: float array}).
+
+  `delegates` picks the runtime: XNNPACK (True, TFLite's default) or the builtin kernels.
+  `reference` is the eval graph to compare with instead of the exported one: an eval graph
+  rewritten with `requantize` set to this runtime ("xnnpack" or "tflite_builtin"), a tf.Graph
+  (with `checkpoint`) or a frozen GraphDef. One export serves both runtimes, each compared with
+  its own eval graph:
+
+    exported = to_tflite(eval_graph, path, inputs, outputs, checkpoint=ckpt)
+    compare_tflite(exported, feeds, delegates=True, reference=xnnpack_graph, checkpoint=ckpt)
+    compare_tflite(exported, feeds, delegates=False, reference=builtin_graph, checkpoint=ckpt)
+
+  A reference that emulates the other runtime is compared all the same, with a warning.
+  """
+  graph_def = export.eval_graph_def
+  if reference is not None:
+    graph_def = export_frozen.freeze(reference, export.output_nodes, checkpoint)
+  integer_requantize.warn_if_not(graph_def, integer_requantize.mode_for_runtime(delegates),
+                                 integer_requantize.MODES[integer_requantize.mode_for_runtime(
+                                     delegates)].runtime)
   got, params, eval_feeds = run_tflite(export.path, feeds, delegates)
-  expected = frozen.run_graph_def(export.eval_graph_def, eval_feeds, export.output_nodes)
+  expected = frozen.run_graph_def(graph_def, eval_feeds, export.output_nodes)
   results = {}
   for index, name in enumerate(export.output_nodes):
     key = name if name in got else list(got)[index]

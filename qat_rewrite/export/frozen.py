@@ -15,6 +15,7 @@ from qat_rewrite.graph.frozen import (VARIABLE_TYPES, constants_from_checkpoint,
                                       resolve_checkpoint)
 from qat_rewrite.graph.frozen import load_graph_def as load_graph_file
 from qat_rewrite.passes import checkpoint as checkpoint_checks
+from qat_rewrite.quant.integer_requantize import is_emulation
 from qat_rewrite.quant.pool_rounding import is_ties_nudge
 
 FAKE_QUANT_TYPES = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel",
@@ -64,11 +65,12 @@ def freeze(model, output_nodes, checkpoint=None):
 
 
 def without_ties_nudges(graph_def, output_nodes):
-  """The frozen eval `graph_def` for a converter: each AvgPool ties nudge bypassed (the
-  exported model pools its integers itself, see qat_rewrite.quant.pool_rounding), cut to
-  `output_nodes`. The eval graph, the reference of the agreement checks, keeps them."""
+  """The frozen eval `graph_def` for a converter: each AvgPool ties nudge and each integer
+  requantization bypassed (the exported model pools and requantizes its integers itself, see
+  qat_rewrite.quant.pool_rounding and integer_requantize), cut to `output_nodes`. The eval
+  graph, the reference of the agreement checks, keeps them."""
   nudges = {n.name: n.input[0] for n in graph_def.node
-            if is_ties_nudge(n.name) and n.op in ("Add", "AddV2")}
+            if (is_ties_nudge(n.name) or is_emulation(n.name)) and n.op in ("Add", "AddV2")}
   if nudges:
     graph_def = copy.deepcopy(graph_def)
     for node in graph_def.node:
@@ -101,7 +103,7 @@ def quantized_output(graph_def, name):
   current = nodes[name]
   while current.op not in FAKE_QUANT_TYPES:
     nexts = [c for c in readers.get(current.name, []) if c.op in FAKE_QUANT_TYPES + _ALIAS_TYPES
-             or is_ties_nudge(c.name)]
+             or is_ties_nudge(c.name) or is_emulation(c.name)]
     if len(nexts) != 1:
       return name
     current = nexts[0]

@@ -19,7 +19,7 @@ from absl import logging
 
 from qat_rewrite import files
 from qat_rewrite.export import arguments, frozen
-from qat_rewrite.quant import pool_rounding
+from qat_rewrite.quant import integer_requantize, pool_rounding
 
 INSTALL_HINT = "pip install qat_rewrite[onnx]"
 # ONNX ops that move values without changing them: an output they make is as quantized as
@@ -79,6 +79,7 @@ def to_onnx(model, output_path, input_nodes, output_nodes, checkpoint=None, inpu
                     "graph and stay float: ONNX Runtime quantizes them with scales of its own",
                     ", ".join(left_float))
   pool_rounding.warn_if_not(graph_def, "to_even")
+  integer_requantize.warn_if_not(graph_def, "float", "ONNX Runtime")
   data = model_proto.SerializeToString()
   directory, name = os.path.split(output_path)
   files.write_all(directory, {name: data})

@@ -9,7 +9,7 @@ from qat_rewrite.graph.view import GraphView
 from qat_rewrite.passes import checks, lone_batch_norm, settings_record
 from qat_rewrite.passes.fold_batch_norm import apply_folds, find_batch_norm_folds
 from qat_rewrite.passes.insert_quantizers import Settings, insert_quantizers
-from qat_rewrite.quant import fake_quant, pool_rounding
+from qat_rewrite.quant import fake_quant, integer_requantize, pool_rounding
 from qat_rewrite.quant.spec import activation_spec, weight_spec
 from qat_rewrite.report import LEARNING_PHASE_COPY, FloatOp, QuantizeReport
 
@@ -112,10 +112,15 @@ def rewrite(graph, *args, **kwargs):
 
 def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False, quant_delay=None,
             freeze_bn_delay=None, scope=None, per_channel=False, quantize_inputs=False,
-            pool_ties=pool_rounding.DEFAULT_RULE):
+            pool_ties=pool_rounding.DEFAULT_RULE, requantize=integer_requantize.DEFAULT_MODE):
   """Everything that can be refused is checked before the graph is touched."""
   started = time.perf_counter()
   pool_rounding.check_rule(pool_ties)
+  integer_requantize.check_mode(requantize)
+  if training and requantize != integer_requantize.DEFAULT_MODE:
+    raise ValueError("requantize=%r is for eval graphs only (it emulates a runtime's integer "
+                     "arithmetic, which has no gradient): rewrite the training graph with "
+                     "requantize='float'" % (requantize,))
   make_weight_spec = functools.partial(weight_spec, weight_bits, symmetric)
   make_activation_spec = functools.partial(activation_spec, activation_bits, symmetric)
   _check_bits("weight_bits", weight_bits)
@@ -138,6 +143,7 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
       weight_spec=lambda per_channel=per_channel: make_weight_spec(per_channel=per_channel),
       activation_spec=make_activation_spec, in_scope=in_scope, excluded=excluded,
       use_resource=use_resource, quantize_inputs=bool(quantize_inputs), pool_ties=pool_ties,
+      requantize=requantize,
       delay_reached=lambda name: (fake_quant.step_reached(graph, quant_delay, name, use_resource)
                                   if quant_delay else None))
   layers, others, float_ops = insert_quantizers(graph, settings, folded)

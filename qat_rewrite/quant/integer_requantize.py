@@ -1,0 +1,337 @@
+"""A quantized layer's output computed in integers, as a TFLite CPU runtime computes it.
+
+The eval graph's conv computes in float32 and its output FakeQuant rounds once; the int8 model
+accumulates integers exactly and requantizes them by its runtime's rule. The two part on a few
+outputs in 10^5 (a float32 sum within 1e-5 LSB of a rounding tie, or the runtime's own double
+rounding), and one flip early in a deep net changes a tenth of its logits. So an eval graph
+rewritten with `requantize="xnnpack"` or `"tflite_builtin"` computes each emulated layer as:
+
+  1. the input and weight integers (centred: q - zero point) from their FakeQuant grids;
+  2. the exact accumulator: the layer op in float64 (exact for int8 products) plus the int32
+     bias as the converter rounds it, round(bias / (s_in·s_w)) with both scales in double;
+  3. the runtime's requantization, with the scales the .tflite file stores (float32 of the
+     converter's double (max - min)/levels):
+     - "xnnpack": fp32, round(float(acc) · scale) to nearest even, scale = s_in·s_w/s_out in
+       float32 (XNNPACK's qs8/qc8w kernels);
+     - "tflite_builtin": QuantizeMultiplier(double s_in·s_w/s_out) and
+       MultiplyByQuantizedMultiplier in int64: SaturatingRoundingDoublingHighMul, then a
+       rounding right shift, halves up (what TFLite's builtin int8 conv, depthwise and dense
+       kernels compute on x86, measured against the interpreter; the reference code's
+       RoundingDivideByPOT rounds halves away from zero, which a fused ReLU hides);
+  4. + the output zero point, clamped to int8 and to a fused ReLU/ReLU6, back to float on the
+     output FakeQuant's grid, which follows unchanged.
+A two-input ADD of quantized tensors computes each runtime's integer ADD (`tflite_builtin_add`,
+`xnnpack_add`). MUL, MEAN and AVERAGE_POOL are not emulated (the pool's ties are:
+pool_rounding).
+
+The result joins the graph as `output + stop_gradient(emulated - output)` named
+`requantize_<mode>`: a straight-through gradient, and exports bypass it (`is_emulation`) as
+they bypass the pool ties nudge: the converter sees the standard FakeQuant graph.
+The numpy functions here are the runtime's formulas, kept beside their TF versions for tests.
+"""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+_PREFIX = "requantize_"
+
+Mode = collections.namedtuple("Mode", "runtime delegates")
+# Who computes so, and `delegates` as agreement.compare_tflite / integer_check name the runtime.
+MODES = {"float": None,
+         "xnnpack": Mode("TFLite's XNNPACK delegate (the default CPU kernels)", True),
+         "tflite_builtin": Mode("TFLite's builtin kernels (no default delegate)", False)}
+DEFAULT_MODE = "float"
+LAYER_TYPES = ("Conv2D", "DepthwiseConv2dNative", "MatMul")
+
+
+def check_mode(mode):
+  if mode not in MODES:
+    raise ValueError("requantize must be one of %s, got %r" % (", ".join(sorted(MODES)), mode))
+  return mode
+
+
+def mode_of(name):
+  """The mode of an emulation op named `name`, or None if it is not one."""
+  last = name.rsplit("/", 1)[-1]
+  mode = last[len(_PREFIX):] if last.startswith(_PREFIX) else None
+  return mode if mode in MODES and mode != DEFAULT_MODE else None
+
+
+def is_emulation(name):
+  """True for the name of an op `emulate_layer` returns (exports bypass it)."""
+  return mode_of(name) is not None
+
+
+def modes_in(graph_def):
+  """The requantize modes a (frozen) eval graph emulates: a set, empty for "float"."""
+  return {mode_of(n.name) for n in graph_def.node} - {None}
+
+
+def mode_for_runtime(delegates):
+  """The mode emulating the TFLite runtime that `delegates` (compare_tflite's flag) picks."""
+  return "xnnpack" if delegates else "tflite_builtin"
+
+
+def warn_if_not(graph_def, mode, runtime):
+  """Logs a warning if the eval graph `graph_def` emulates another runtime than `mode`, the one
+  it is compared with or exported to (`runtime`, its name in words)."""
+  others = sorted(modes_in(graph_def) - {mode})
+  if others:
+    logging.warning("the eval graph requantizes as %s (requantize=%r) but is compared with %s: "
+                    "rewrite an eval graph with requantize=%r for that runtime", MODES[others[0]]
+                    .runtime, others[0], runtime, mode if mode in MODES else "float")
+
+
+# The runtimes' formulas in numpy (int64 arrays), as TFLite's kernel_util / common.h write them.
+
+def quantize_multiplier(real):
+  """TFLite's QuantizeMultiplier: (int32 multiplier, shift) with real = m·2^shift / 2^31."""
+  if real == 0.0:
+    return 0, 0
+  fraction, shift = np.frexp(real)
+  fixed = int(np.floor(fraction * 2.0 ** 31 + 0.5))  # std::round, fraction > 0
+  if fixed == 2 ** 31:
+    fixed //= 2
+    shift += 1
+  if shift < -31:
+    return 0, 0
+  return fixed, int(shift)
+
+
+def saturating_rounding_doubling_high_mul(a, b):
+  """gemmlowp's SaturatingRoundingDoublingHighMul on int32 values (int64 arrays)."""
+  a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+  product = a * b
+  nudge = np.where(product >= 0, 1 << 30, 1 - (1 << 30))
+  total = product + nudge
+  high = np.sign(total) * (np.abs(total) // (1 << 31))  # C division truncates towards zero
+  overflow = (a == b) & (a == -(1 << 31))
+  return np.where(overflow, (1 << 31) - 1, high)
+
+
+def rounding_divide_by_pot(x, exponent):
+  """gemmlowp's RoundingDivideByPOT: x / 2^exponent rounded half away from zero."""
+  x = np.asarray(x, np.int64)
+  mask = (np.int64(1) << exponent) - 1
+  remainder = x & mask
+  threshold = (mask >> 1) + (x < 0)
+  return (x >> exponent) + (remainder > threshold)
+
+
+def rounding_right_shift(x, exponent):
+  """(x + 2^(exponent-1)) >> exponent: x / 2^exponent rounded half up (towards +infinity)."""
+  x = np.asarray(x, np.int64)
+  return (x + ((np.int64(1) << exponent) >> 1)) >> exponent
+
+
+def multiply_by_quantized_multiplier(x, multiplier, shift, half_up=False):
+  """TFLite's MultiplyByQuantizedMultiplier (double rounding): SaturatingRoundingDoublingHighMul,
+  then RoundingDivideByPOT (halves away from zero) or, `half_up`, a rounding right shift
+  (halves up), as the builtin int8 conv kernels on x86 shift (measured: -0.5006 -> 0)."""
+  left, right = max(shift, 0), max(-shift, 0)
+  high = saturating_rounding_doubling_high_mul(np.asarray(x, np.int64) << left, multiplier)
+  return rounding_right_shift(high, right) if half_up else rounding_divide_by_pot(high, right)
+
+
+def xnnpack_requantize(acc, scale):
+  """XNNPACK's fp32 requantization: float32(acc)·scale rounded half to even (before the zero
+  point and the clamp)."""
+  return np.rint(np.asarray(acc).astype(np.float32) * np.float32(scale)).astype(np.int64)
+
+
+# The same in TF ops.
+
+def _tf_quantize_multiplier(real):
+  """(multiplier, shift), int64, of a positive float64 tensor, elementwise; frexp by its bits."""
+  bits = tf.bitcast(real, tf.int64)
+  exponent = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 52), 0x7FF) - 1022
+  mantissa_bits = tf.bitwise.bitwise_and(bits, (1 << 52) - 1)
+  fraction = tf.bitcast(tf.bitwise.bitwise_or(mantissa_bits, tf.constant(1022 << 52, tf.int64)),
+                        tf.float64)  # in [0.5, 1)
+  fixed = tf.cast(tf.floor(fraction * 2.0 ** 31 + 0.5), tf.int64)
+  carry = tf.equal(fixed, 1 << 31)
+  fixed = tf.where(carry, fixed // 2, fixed)
+  exponent = tf.where(carry, exponent + 1, exponent)
+  tiny = (exponent < -31) | (real <= 0.0)
+  return tf.where(tiny, tf.zeros_like(fixed), fixed), tf.where(tiny, tf.zeros_like(exponent),
+                                                               exponent)
+
+
+def _tf_multiply_by_quantized_multiplier(x, multiplier, shift, half_up=False):
+  """MultiplyByQuantizedMultiplier on int64 tensors holding int32 values (multiplier > 0)."""
+  left, right = tf.maximum(shift, 0), tf.maximum(-shift, 0)
+  product = tf.bitwise.left_shift(x, left) * multiplier
+  nudge = tf.where(product >= 0, tf.constant(1 << 30, tf.int64),
+                   tf.constant(1 - (1 << 30), tf.int64))
+  high = tf.truncatediv(product + nudge, tf.constant(1 << 31, tf.int64))
+  if half_up:
+    half = tf.bitwise.right_shift(tf.bitwise.left_shift(tf.ones_like(right), right), 1)
+    return tf.bitwise.right_shift(high + half, right)
+  mask = tf.bitwise.left_shift(tf.ones_like(right), right) - 1
+  remainder = tf.bitwise.bitwise_and(high, mask)
+  threshold = tf.bitwise.right_shift(mask, 1) + tf.cast(high < 0, tf.int64)
+  return tf.bitwise.right_shift(high, right) + tf.cast(remainder > threshold, tf.int64)
+
+
+def _range(quantizer):
+  low, high = (tf.cast(t, tf.float64) for t in quantizer.inputs[1:3])
+  return low, high
+
+
+def _levels(quantizer):
+  return 2 ** quantizer.get_attr("num_bits") - (2 if quantizer.get_attr("narrow_range") else 1)
+
+
+def converter_scale(quantizer):
+  """The scale the converter computes for a FakeQuant op, in float64: (max - min)/levels;
+  the .tflite file stores its float32."""
+  low, high = _range(quantizer)
+  return (high - low) / float(_levels(quantizer))
+
+
+def converter_zero_point(quantizer):
+  """The signed (int8) zero point the converter computes, float64: round(qmin - min/scale)."""
+  low, _ = _range(quantizer)
+  bits = quantizer.get_attr("num_bits")
+  qmin = 1 if quantizer.get_attr("narrow_range") else 0
+  unsigned = tf.clip_by_value(tf.floor(qmin - low / converter_scale(quantizer) + 0.5), qmin,
+                              2.0 ** bits - 1)
+  return unsigned - 2.0 ** (bits - 1)
+
+
+def _centred(tensor, scale):
+  """The integers q - zero point of `tensor`, on a grid of step `scale`, in float64."""
+  return tf.round(tf.cast(tensor, tf.float64) / scale)
+
+
+def _accumulate(layer, x, w):
+  """`layer` (Conv2D, DepthwiseConv2dNative or MatMul) run on float64 integers."""
+  if layer.type == "MatMul":
+    return tf.raw_ops.MatMul(a=x, b=w, transpose_a=layer.get_attr("transpose_a"),
+                             transpose_b=layer.get_attr("transpose_b"))
+  attrs = dict(strides=layer.get_attr("strides"), padding=layer.get_attr("padding"),
+               data_format=layer.get_attr("data_format"), dilations=layer.get_attr("dilations"),
+               explicit_paddings=layer.get_attr("explicit_paddings"))
+  op = tf.raw_ops.Conv2D if layer.type == "Conv2D" else tf.raw_ops.DepthwiseConv2dNative
+  return op(input=x, filter=w, **attrs)
+
+
+def _activation_bounds(activation, out_q, zero_point, scale_f32):
+  """[low, high] of the output integers, as TFLite's CalculateActivationRangeQuantized."""
+  bits = out_q.get_attr("num_bits")
+  low = tf.constant(-2.0 ** (bits - 1), tf.float64)
+  high = tf.constant(2.0 ** (bits - 1) - 1, tf.float64)
+  if activation in ("Relu", "Relu6"):
+    low = tf.maximum(low, zero_point)
+  if activation == "Relu6":
+    six = tf.cast(tf.constant(6.0, tf.float32) / scale_f32, tf.float64)
+    high = tf.minimum(high, zero_point + tf.sign(six) * tf.floor(tf.abs(six) + 0.5))
+  return low, high
+
+
+def emulate_layer(layer, weight, in_q, w_q, bias, activation, output, out_q, mode):
+  """`output` (the tensor `out_q` quantizes) as `mode`'s runtime computes it from `layer`.
+
+  layer: the Conv2D, DepthwiseConv2dNative or MatMul; its data input must be on the grid of
+    `in_q` (a per-tensor FakeQuantWithMinMaxVars);
+  weight: the layer's weight input, `w_q`'s output (per tensor) or its reshape (per channel,
+    channels last in `w_q`, as the layer's output channels);
+  bias: the (quantized) bias tensor added to the layer output, or None;
+  activation: "Relu", "Relu6" or None, the one between the bias and `out_q`.
+  Returns the emulation op's output, to feed `out_q` in `output`'s place.
+  """
+  check_mode(mode)
+  x = layer.inputs[0]
+  with tf.name_scope("integer"):
+    s_in, s_w, s_out = (converter_scale(q) for q in (in_q, w_q, out_q))
+    x_int = _centred(x, s_in)
+    w_int = _centred(w_q.outputs[0], s_w)
+    if weight is not w_q.outputs[0]:
+      w_int = tf.reshape(w_int, tf.shape(weight))
+    acc = _accumulate(layer, x_int, w_int)
+    if bias is not None:
+      acc += tf.round(tf.cast(bias, tf.float64) / (s_in * s_w))
+    # The scales as the .tflite file stores them, which the kernels read.
+    t_in, t_w, t_out = (tf.cast(s, tf.float32) for s in (s_in, s_w, s_out))
+    if mode == "xnnpack":
+      scale = t_in * t_w / t_out
+      scaled = tf.round(tf.cast(acc, tf.float32) * scale)  # half to even
+      requantized = tf.cast(scaled, tf.float64)
+    else:
+      real = tf.cast(t_in, tf.float64) * tf.cast(t_w, tf.float64) / tf.cast(t_out, tf.float64)
+      multiplier, shift = _tf_quantize_multiplier(real + tf.zeros_like(s_w))
+      requantized = tf.cast(_tf_multiply_by_quantized_multiplier(
+          tf.cast(acc, tf.int64), multiplier, shift, half_up=True), tf.float64)
+    emulated = _to_output_grid(requantized, activation, out_q, t_out)
+  return tf.add(output, tf.stop_gradient(emulated - output), name=_PREFIX + mode)
+
+
+def tflite_builtin_add(a, b, scale_a, scale_b, scale_out):
+  """TFLite's builtin int8 ADD on centred integers a, b (q - zero point), before the output
+  zero point: each input shifted left by 20 and scaled by its own multiplier, the sum scaled
+  again, every step double-rounded (add.cc, the reference and optimized kernels alike)."""
+  twice_max = 2.0 * max(float(np.float32(scale_a)), float(np.float32(scale_b)))
+  m_a = quantize_multiplier(float(np.float32(scale_a)) / twice_max)
+  m_b = quantize_multiplier(float(np.float32(scale_b)) / twice_max)
+  m_out = quantize_multiplier(twice_max / ((1 << 20) * float(np.float32(scale_out))))
+  total = (multiply_by_quantized_multiplier(np.asarray(a, np.int64) << 20, *m_a)
+           + multiply_by_quantized_multiplier(np.asarray(b, np.int64) << 20, *m_b))
+  return multiply_by_quantized_multiplier(total, *m_out)
+
+
+def xnnpack_add(a, b, scale_a, scale_b, scale_out):
+  """XNNPACK's qs8 ADD on centred integers: multipliers of 21 bits from the float32 ratios
+  s_a/s_out and s_b/s_out, one rounding shift (half up)."""
+  ratio_a = np.float32(scale_a) / np.float32(scale_out)
+  ratio_b = np.float32(scale_b) / np.float32(scale_out)
+  shift = 20 - int(np.frexp(max(ratio_a, ratio_b))[1] - 1)
+  m_a, m_b = (int(np.rint(np.float32(r) * np.float32(2.0 ** shift))) for r in (ratio_a, ratio_b))
+  total = np.asarray(a, np.int64) * m_a + np.asarray(b, np.int64) * m_b + (1 << (shift - 1))
+  return total >> shift
+
+
+def _tf_exponent(value):
+  """floor(log2(value)) of a positive float32 tensor, by its bits (int64)."""
+  bits = tf.cast(tf.bitcast(value, tf.int32), tf.int64)
+  return tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 23), 0xFF) - 127
+
+
+def emulate_add(add, in_q1, in_q2, activation, output, out_q, mode):
+  """The sum `add` of two tensors on the grids of `in_q1` and `in_q2` as `mode`'s runtime adds
+  them in integers (see tflite_builtin_add and xnnpack_add), then `activation` and the output
+  as `emulate_layer` makes it."""
+  check_mode(mode)
+  with tf.name_scope("integer"):
+    s_1, s_2, s_out = (converter_scale(q) for q in (in_q1, in_q2, out_q))
+    a, b = (_centred(t, s) for t, s in zip(add.inputs, (s_1, s_2)))
+    t_1, t_2, t_out = (tf.cast(s, tf.float32) for s in (s_1, s_2, s_out))
+    if mode == "xnnpack":
+      ratio_1, ratio_2 = t_1 / t_out, t_2 / t_out
+      shift = 20 - _tf_exponent(tf.maximum(ratio_1, ratio_2))
+      power = tf.pow(tf.constant(2.0, tf.float64), tf.cast(shift, tf.float64))
+      m_1, m_2 = (tf.round(tf.cast(r, tf.float64) * power) for r in (ratio_1, ratio_2))
+      total = tf.cast(a * m_1 + b * m_2, tf.int64) + tf.bitwise.left_shift(
+          tf.constant(1, tf.int64), shift - 1)
+      summed = tf.bitwise.right_shift(total, shift)
+    else:
+      d_1, d_2, d_out = (tf.cast(t, tf.float64) for t in (t_1, t_2, t_out))
+      twice_max = 2.0 * tf.maximum(d_1, d_2)
+      m_1, m_2, m_out = (_tf_quantize_multiplier(r) for r in (
+          d_1 / twice_max, d_2 / twice_max, twice_max / (2.0 ** 20 * d_out)))
+      scaled = [_tf_multiply_by_quantized_multiplier(tf.cast(v, tf.int64) * (1 << 20), *m)
+                for v, m in ((a, m_1), (b, m_2))]
+      summed = _tf_multiply_by_quantized_multiplier(scaled[0] + scaled[1], *m_out)
+    emulated = _to_output_grid(tf.cast(summed, tf.float64), activation, out_q, t_out)
+  return tf.add(output, tf.stop_gradient(emulated - output), name=_PREFIX + mode)
+
+
+def _to_output_grid(requantized, activation, out_q, t_out):
+  """Requantized integers (before the zero point) -> + zero point, clamped, back to float."""
+  zero_point = converter_zero_point(out_q)
+  low, high = _activation_bounds(activation, out_q, zero_point, t_out)
+  integers = tf.clip_by_value(requantized + zero_point, low, high)
+  step = tf.cast(out_q.inputs[2] - out_q.inputs[1], tf.float32) / float(_levels(out_q))
+  return tf.cast(integers - zero_point, tf.float32) * step

@@ -1,0 +1,239 @@
+"""requantize="xnnpack" / "tflite_builtin": the eval graph computes a quantized layer's output
+integers as that TFLite runtime does. The runtime's formulas against hand-computed values, their
+TF ops against the formulas, and whole layers against the interpreter, bit for bit."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from qat_rewrite import quantize
+from qat_rewrite.export import compare_tflite, to_tflite
+from qat_rewrite.passes import rewrite as rewrite_pass
+from qat_rewrite.quant import integer_requantize as ir
+
+v1 = tf.compat.v1
+INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
+
+
+@pytest.mark.parametrize("real, expected", [
+    (0.5, (2 ** 30, 0)),
+    (0.75, (3 * 2 ** 29, 0)),
+    (1.0, (2 ** 30, 1)),
+    (3.0, (3 * 2 ** 29, 2)),
+    (2.0 ** -10, (2 ** 30, -9)),
+    (1.0 - 2.0 ** -40, (2 ** 30, 1)),  # the fraction rounds up to 2^31: carried into the shift
+    (2.0 ** -40, (0, 0)),  # below 2^-32: zero
+    (0.0, (0, 0)),
+])
+def test_quantize_multiplier_matches_hand_computed_values(real, expected):
+  assert ir.quantize_multiplier(real) == expected
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    (2 ** 30, 2 ** 30, 2 ** 29),  # 2^29 + 1/2 truncated after the nudge
+    (5, 2 ** 30, 3),  # 2.5: the positive nudge rounds it up
+    (-5, 2 ** 30, -2),  # -2.5: the negative nudge and truncation towards zero give -2
+    (-7, 2 ** 30, -3),  # -3.5 -> -3
+    (100, 3 * 2 ** 29, 75),
+    (INT32_MIN, INT32_MIN, INT32_MAX),  # the one overflow saturates
+])
+def test_saturating_rounding_doubling_high_mul_matches_hand_computed_values(a, b, expected):
+  assert int(ir.saturating_rounding_doubling_high_mul(a, b)) == expected
+
+
+@pytest.mark.parametrize("x, exponent, expected", [
+    (5, 1, 3), (-5, 1, -3),  # halves away from zero
+    (4, 1, 2), (-3, 2, -1), (6, 2, 2), (-6, 2, -2), (7, 0, 7), (-1, 3, 0),
+])
+def test_rounding_divide_by_pot_matches_hand_computed_values(x, exponent, expected):
+  assert int(ir.rounding_divide_by_pot(x, exponent)) == expected
+
+
+def test_the_builtin_multiplier_rounds_twice():
+  """-8959 · 0.0025114217 = -22.49983 (an inception_v1 logit): SRDHM rounds it to -22.5 (on a
+  1/256 grid); the reference RoundingDivideByPOT then rounds away from zero, to -23, and the
+  x86 kernels' rounding shift up, to -22 (what the interpreter gave)."""
+  multiplier, shift = ir.quantize_multiplier(0.002511421652501858)
+  assert (multiplier, shift) == (1380668655, -8)
+  assert int(ir.saturating_rounding_doubling_high_mul(-8959, multiplier)) == -5760
+  assert int(ir.multiply_by_quantized_multiplier(-8959, multiplier, shift)) == -23
+  assert int(ir.multiply_by_quantized_multiplier(-8959, multiplier, shift, half_up=True)) == -22
+  assert int(ir.multiply_by_quantized_multiplier(1148988, 1439150002, -15, half_up=True)) == 23
+  assert list(ir.rounding_right_shift([5, -5, -6, 7], 1)) == [3, -2, -3, 4]
+
+
+def test_xnnpack_rounds_half_to_even():
+  assert list(ir.xnnpack_requantize([5, 7, -5, -7, 6], 0.5)) == [2, 4, -2, -4, 3]
+
+
+def test_the_tf_ops_compute_the_formulas():
+  rng = np.random.RandomState(0)
+  reals = np.concatenate([np.exp(rng.uniform(np.log(1e-6), np.log(4.0), 200)),
+                          [0.5, 1.0, 1.0 - 2.0 ** -40, 2.0 ** -40]])
+  accs = rng.randint(-2 ** 24, 2 ** 24, size=reals.shape).astype(np.int64)
+  with tf.Graph().as_default(), v1.Session() as sess:
+    multiplier, shift = ir._tf_quantize_multiplier(tf.constant(reals, tf.float64))  # pylint: disable=protected-access
+    scaled, scaled_up = (ir._tf_multiply_by_quantized_multiplier(  # pylint: disable=protected-access
+        tf.constant(accs), multiplier, shift, half_up=up) for up in (False, True))
+    got_m, got_s, got, got_up = sess.run([multiplier, shift, scaled, scaled_up])
+  want = [ir.quantize_multiplier(r) for r in reals]
+  assert list(got_m) == [m for m, _ in want] and list(got_s) == [s for _, s in want]
+  assert list(got) == [int(ir.multiply_by_quantized_multiplier(a, m, s))
+                       for a, (m, s) in zip(accs, want)]
+  assert list(got_up) == [int(ir.multiply_by_quantized_multiplier(a, m, s, half_up=True))
+                          for a, (m, s) in zip(accs, want)]
+
+
+def test_the_add_formulas_match_hand_computed_values():
+  # Equal scales: a + b exactly, whatever the rounding.
+  assert list(ir.tflite_builtin_add([3, -4], [5, -6], 0.1, 0.1, 0.1)) == [8, -10]
+  assert list(ir.xnnpack_add([3, -4], [5, -6], 0.1, 0.1, 0.1)) == [8, -10]
+  # Output scale twice the inputs': (3 + 2) / 2 = 2.5 -> 3 (builtin, half away from zero) and
+  # 3 (XNNPACK, half up); -2.5 -> -3 and -2.
+  assert list(ir.tflite_builtin_add([3, -3], [2, -2], 0.1, 0.1, 0.2)) == [3, -3]
+  assert list(ir.xnnpack_add([3, -3], [2, -2], 0.1, 0.1, 0.2)) == [3, -2]
+
+
+def test_a_training_graph_or_an_unknown_mode_is_refused():
+  with tf.Graph().as_default() as graph:
+    images = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+    v1.layers.conv2d(images, 4, 3, name="conv")
+    before = len(graph.get_operations())
+    with pytest.raises(ValueError, match="eval graphs only"):
+      rewrite_pass.rewrite(graph, training=True, requantize="xnnpack")
+    with pytest.raises(ValueError, match="requantize must be one of"):
+      quantize.experimental_create_eval_graph(graph, requantize="fp32")
+    assert len(graph.get_operations()) == before
+
+
+OPTIONS = dict(symmetric=True, per_channel_weights=True, quantize_inputs=True)
+
+
+def _train(directory, build, images, steps=20):
+  with tf.Graph().as_default() as graph:
+    v1.set_random_seed(0)
+    out = build(True)
+    quantize.experimental_create_training_graph(graph, **OPTIONS)
+    with v1.Session() as sess:
+      sess.run(v1.global_variables_initializer())
+      for _ in range(steps):
+        sess.run([out, v1.get_collection(v1.GraphKeys.UPDATE_OPS)], {"images:0": images})
+      return v1.train.Saver().save(sess, os.path.join(directory, "model.ckpt"))
+
+
+def _eval_graph(build, mode):
+  with tf.Graph().as_default() as graph:
+    build(False)
+    report = quantize.experimental_create_eval_graph(graph, requantize=mode, **OPTIONS)
+  return graph, report
+
+
+def _conv_block(training, residual=True):
+  """conv+BN+ReLU6 (a tensor of 4x32x32x24 outputs), depthwise+BN+ReLU, then (`residual`) a
+  1x1 conv with a residual add and ReLU: every output of the last is compared."""
+  images = v1.placeholder(tf.float32, [None, 32, 32, 3], name="images")
+  init = v1.glorot_uniform_initializer(seed=1)
+  x = v1.layers.conv2d(images, 24, 3, padding="same", use_bias=False, kernel_initializer=init,
+                       name="conv")
+  x = tf.nn.relu6(v1.layers.batch_normalization(x, training=training, fused=True, name="bn"))
+  with v1.variable_scope("dw"):
+    kernel = v1.get_variable("depthwise_kernel", [3, 3, 24, 1], initializer=init)
+  y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME")
+  y = v1.layers.batch_normalization(y, training=training, fused=True, name="dw_bn")
+  if not residual:
+    return tf.nn.relu(y, name="out")
+  y = tf.nn.relu(y)
+  z = v1.layers.conv2d(y, 24, 1, kernel_initializer=init, name="pw")
+  return tf.nn.relu(z + y, name="out")
+
+
+def _two_layers(training):
+  return _conv_block(training, residual=False)
+
+
+def _nested_concats(training):
+  """Inception-v3's Mixed_7b: a branch's 1x3 and 3x1 convs concatenated, inside the block's
+  concat; TFLite requantizes every branch conv straight onto the outer concat's grid."""
+  images = v1.placeholder(tf.float32, [None, 32, 32, 3], name="images")
+  init = v1.glorot_uniform_initializer(seed=2)
+
+  def conv(x, filters, kernel, name):
+    return v1.layers.conv2d(x, filters, kernel, padding="same", activation=tf.nn.relu,
+                            kernel_initializer=init, name=name)
+  stem = conv(images, 16, 3, "stem")
+  branch = tf.concat([conv(stem, 8, (1, 3), "b_1x3"), conv(stem, 8, (3, 1), "b_3x1")], 3)
+  block = tf.concat([conv(stem, 8, 1, "a_1x1"), branch], 3)
+  return tf.identity(v1.layers.conv2d(block, 16, 1, kernel_initializer=init, name="last"),
+                     name="out")
+
+
+IMAGES = np.random.RandomState(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """{build function: (directory, checkpoint)} after 20 range updates."""
+  result = {}
+  for build in (_conv_block, _two_layers, _nested_concats):
+    directory = str(tmp_path_factory.mktemp(build.__name__.strip("_")))
+    result[build] = directory, _train(directory, build, IMAGES)
+  return result
+
+
+def _agreements(build, directory, checkpoint):
+  """({mode: Agreement with its runtime}, {runtime: Agreement with the float eval graph}), and
+  checks that every eval graph exports the same model."""
+  exports, graphs = {}, {}
+  for mode in ("float", "xnnpack", "tflite_builtin"):
+    graphs[mode], report = _eval_graph(build, mode)
+    if mode != "float":
+      assert not any(layer.notes for layer in report.layers), report
+    exports[mode] = to_tflite(graphs[mode], os.path.join(directory, mode + ".tflite"),
+                              ["images"], ["out"], checkpoint=checkpoint)
+  contents = {mode: open(e.path, "rb").read() for mode, e in exports.items()}
+  assert contents["xnnpack"] == contents["float"] == contents["tflite_builtin"]
+  exported, emulated, plain = exports["float"], {}, {}
+  for mode, delegates in (("xnnpack", True), ("tflite_builtin", False)):
+    (emulated[mode],) = compare_tflite(exported, {"images": IMAGES}, delegates=delegates,
+                                       reference=graphs[mode], checkpoint=checkpoint).values()
+    (plain[mode],) = compare_tflite(exported, {"images": IMAGES}, delegates=delegates).values()
+  return emulated, plain
+
+
+def test_conv_and_depthwise_layers_agree_bit_for_bit_with_both_runtimes(trained):
+  """Every output integer of conv+ReLU6 -> depthwise+ReLU equals the eval graph's, with the eval
+  graph of its runtime; the float eval graph misses some (float32 sums near a tie, the builtin
+  kernels' double rounding). Every eval graph exports the same model."""
+  emulated, plain = _agreements(_two_layers, *trained[_two_layers])
+  for mode, agreement in emulated.items():
+    assert agreement.elements == 4 * 32 * 32 * 24
+    assert agreement.equal_share == 1.0, (mode, agreement)
+  assert plain["tflite_builtin"].equal_share < 1.0, plain
+
+
+def test_a_residual_block_agrees_bit_for_bit_with_both_runtimes(trained):
+  """A 1x1 conv without activation (its negative outputs show the builtin kernels' rounding
+  shift: halves up) and a residual ADD with ReLU after them."""
+  emulated, plain = _agreements(_conv_block, *trained[_conv_block])
+  for mode, agreement in emulated.items():
+    assert agreement.elements == 4 * 32 * 32 * 24
+    assert agreement.equal_share == 1.0, (mode, agreement)
+  assert plain["tflite_builtin"].equal_share < 1.0, plain
+
+
+def test_the_other_runtimes_eval_graph_is_compared_with_a_warning(trained, caplog):
+  directory, checkpoint = trained[_two_layers]
+  graph, _ = _eval_graph(_two_layers, "xnnpack")
+  exported = to_tflite(graph, os.path.join(directory, "warn.tflite"), ["images"], ["out"],
+                       checkpoint=checkpoint)
+  compare_tflite(exported, {"images": IMAGES}, delegates=False)
+  assert "requantize='tflite_builtin'" in caplog.text
+
+
+def test_branches_of_nested_concats_agree_bit_for_bit_with_both_runtimes(trained):
+  emulated, _ = _agreements(_nested_concats, *trained[_nested_concats])
+  for mode, agreement in emulated.items():
+    assert agreement.elements == 4 * 32 * 32 * 16
+    assert agreement.equal_share == 1.0, (mode, agreement)
