@@ -11,6 +11,7 @@ import collections
 import importlib
 import os
 import sys
+import tempfile
 import traceback
 
 from qat_rewrite import native_output
@@ -31,7 +32,8 @@ from qat_rewrite.targets.ascend import layers as ascend_layers  # noqa: E402
 from qat_rewrite.targets.ascend import ptq as ascend_ptq  # noqa: E402
 from qat_rewrite.targets.dpu import calibrate, deploy, dump, rewrite  # noqa: E402
 
-REPORT = "quantize_report"
+REPORT = error_report.REPORT
+_REPORT_FILES = [REPORT + ext for ext in (".md", ".csv", ".png")]
 _DPU_FLAGS = {  # QuantizeConfig fields that are plain integers on the command line
     "weight_bit": 8, "activation_bit": 8, "method": 1, "calib_iter": 100, "align_concat": 0,
     "align_pool": 0, "adjust_shift_bias": 1, "adjust_shift_cut": 1, "simulate_dpu": 1,
@@ -63,8 +65,6 @@ def main(argv=None):
 def quantize(args):
   """Post-training quantization: calibrate, then write the target's files (and the report)."""
   config = _config(args)
-  if args.report and args.target != "dpu":
-    raise CommandError("--report is available for --target dpu")
   if args.range_method != "min_max" and args.target != "ascend":
     raise CommandError("--range_method is for --target ascend (dpu chooses positions by "
                        "--method; tflite's converter uses min/max)")
@@ -74,7 +74,7 @@ def quantize(args):
   _refuse_existing(args.output_dir, _output_names(args), args.overwrite)  # before the wait
   contents = _TARGETS[args.target](args, graph_def, input_fn, config)
   if args.report:
-    contents.update(_report(graph_def, contents[deploy.EVAL_MODEL], input_fn, config))
+    contents.update(_report(args, graph_def, contents, input_fn, config))
   _refuse_existing(args.output_dir, contents, args.overwrite)
   paths = files.write_all(args.output_dir, contents)
   for name in sorted(paths):
@@ -102,14 +102,15 @@ _TARGETS = {"dpu": _dpu_files, "ascend": _ascend_files, "tflite": _tflite_files}
 
 def _output_names(args):
   """The files `quantize` will write for the chosen target and options."""
+  report = _REPORT_FILES if args.report else []
   if args.target == "ascend":
-    return [ascend_ptq.RECORD] + [ascend_ptq.SAVE_NAME + suffix for suffix in
-                                  (ascend_export.QUANTIZED_SUFFIX, ascend_export.FAKE_QUANT_SUFFIX)]
+    return [ascend_ptq.RECORD] + [ascend_ptq.SAVE_NAME + suffix for suffix in (
+        ascend_export.QUANTIZED_SUFFIX, ascend_export.FAKE_QUANT_SUFFIX)] + report
   if args.target == "tflite":
-    return [tflite.MODEL]
+    return [tflite.MODEL] + report
   names = [deploy.EVAL_MODEL, deploy.DEPLOY_MODEL, deploy.INFO]
   names += [deploy.FIXNEURON_MODEL] if args.fixneuron_model else []
-  return names + ([REPORT + ext for ext in (".md", ".csv", ".png")] if args.report else [])
+  return names + report
 
 
 def inspect(args):
@@ -160,6 +161,9 @@ def dump_verb(args):
 def export_verb(args):
   """A frozen QAT eval graph (qat_rewrite.quantize's) to a fully-integer TFLite or ONNX model."""
   from qat_rewrite import export  # pylint: disable=import-outside-toplevel
+  if args.report and args.to != "tflite":
+    raise CommandError("--report is for --to tflite (the report runs the exported model)")
+  input_fn = _load_input_fn(args.input_fn) if args.report else None
   ranges = None
   if args.input_ranges:
     ranges = {}
@@ -173,12 +177,35 @@ def export_verb(args):
   if os.path.exists(args.output_file) and not args.overwrite:
     raise CommandError("%s already exists; pass --overwrite to replace" % args.output_file)
   graph_def = frozen.load_graph_def(args.input_frozen_graph)
+  if args.report:
+    _export_with_report(args, export, graph_def, ranges, input_fn)
+    return
   common = (graph_def, args.output_file, _names(args.input_nodes), _names(args.output_nodes))
   if args.to == "tflite":
     result = export.to_tflite(*common, input_ranges=ranges, inference_type=args.inference_type)
   else:
     result = export.to_onnx(*common, input_ranges=ranges)
   print("%s (%d bytes)" % (result.path, result.size_bytes))
+
+
+def _export_with_report(args, export, graph_def, ranges, input_fn):
+  """The .tflite and the report of it against the eval graph, written together or not at all."""
+  directory, name = os.path.split(os.path.abspath(args.output_file))
+  _refuse_existing(directory, _REPORT_FILES, args.overwrite)
+  input_nodes = _names(args.input_nodes)
+  with tempfile.TemporaryDirectory(prefix="qat_rewrite_export.") as temp:
+    result = export.to_tflite(graph_def, os.path.join(temp, name), input_nodes,
+                              _names(args.output_nodes), input_ranges=ranges,
+                              inference_type=args.inference_type)
+    with open(result.path, "rb") as f:
+      model = f.read()
+  (inputs,) = calibration_data.input_node_batches(graph_def, input_fn, input_nodes, 1)
+  contents = {name: model}
+  contents.update(error_report.report_files(error_report.tflite_report(model, graph_def, inputs)))
+  paths = files.write_all(directory, contents)
+  print("%s (%d bytes)" % (args.output_file, len(model)))
+  for report in sorted(set(paths) - {name}):
+    print(paths[report])
 
 
 # Helpers -------------------------------------------------------------------------------------
@@ -262,22 +289,30 @@ def _refuse_existing(directory, names, overwrite):
     raise CommandError("%s%s already exists; pass --overwrite to replace" % (existing[0], more))
 
 
-def _report(graph_def, eval_model_bytes, input_fn, config):
-  """The per-tensor SQNR report of the quantized eval model on batch 0 (fed the input nodes'
-  values, since the eval model starts there)."""
+def _report(args, graph_def, contents, input_fn, config):
+  """The per-layer SQNR report files of the target's model against the float graph on batch 0.
+
+  dpu: quantize_eval_model.pb, its float twin the same model with the quantizers bypassed;
+  tflite: the .tflite's tensors against the float graph; ascend: model_fake_quant.pb (stock
+  TensorFlow; the deploy model needs AMCT's ops) against the float graph. The dpu and tflite
+  models start at the input nodes, so they are fed the input nodes' values; ascend's model keeps
+  the whole graph and is fed the placeholders.
+  """
+  if args.target == "ascend":
+    graph = frozen.import_graph_def(graph_def, args.input_frozen_graph)
+    feeds = calibration_data.feed_dict(input_fn, 0, calibration_data.placeholders(graph))
+    fake_quant = contents[ascend_ptq.SAVE_NAME + ascend_export.FAKE_QUANT_SUFFIX]
+    rows = error_report.ascend_report(tf.compat.v1.GraphDef.FromString(fake_quant), graph_def,
+                                      {t.name: value for t, value in feeds.items()})
+    return error_report.report_files(rows)
   graph_def = frozen.settle_constant_switches(graph_def)[0]
   (inputs,) = calibration_data.input_node_batches(graph_def, input_fn, config.input_nodes, 1)
-  graph = frozen.import_graph_def(tf.compat.v1.GraphDef.FromString(eval_model_bytes))
-  with tf.compat.v1.Session(graph=graph) as sess:
-    rows = error_report.measure(sess, error_report.find_quantizers(graph),
-                                {name + ":0": value for name, value in inputs.items()})
-  contents = {REPORT + ".md": error_report.markdown(rows).encode(),
-              REPORT + ".csv": error_report.csv_text(rows).encode()}
-  try:
-    contents[REPORT + ".png"] = error_report.bar_chart_png(rows)
-  except ImportError as e:
-    logging.warning("%s; the report has no chart", e)
-  return contents
+  if args.target == "tflite":
+    rows = error_report.tflite_report(contents[tflite.MODEL], graph_def, inputs)
+  else:
+    rows = error_report.frozen_graph_report(
+        tf.compat.v1.GraphDef.FromString(contents[deploy.EVAL_MODEL]), inputs)
+  return error_report.report_files(rows)
 
 
 def _dpu_notes(graph, config):
@@ -337,7 +372,8 @@ def _parser():
   q.add_argument("--fixneuron_model", type=int, default=1,
                  help="also write quantize_eval_model_fixneuron.pb (default 1)")
   q.add_argument("--report", action="store_true",
-                 help="also write quantize_report.md/.csv/.png: range and SQNR per tensor")
+                 help="also write quantize_report.md/.csv/.png: per quantized tensor on batch 0, "
+                 "its range, local SQNR and SQNR against the float graph")
   q.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
   i = verb("inspect", inspect, "List the ops and how the target quantizes each, or why not.")
@@ -373,7 +409,12 @@ def _export_flags(e):
   e.add_argument("--inference_type", choices=["int8", "uint8"], default="int8",
                  help="tflite only: int8 (default) or uint8 (per-tensor weights)")
   e.add_argument("--output_file", required=True)
-  e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+  e.add_argument("--report", action="store_true",
+                 help="tflite only: also write quantize_report.md/.csv/.png beside the output "
+                 "file: each tensor of the model against the eval graph's float twin on batch 0")
+  e.add_argument("--input_fn", help="with --report: module.function: batch number -> "
+                 "{input node: array}")
+  e.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def _node_flags(sub):

@@ -1,5 +1,7 @@
 """The `qat_rewrite` command line: each verb, its output files, and its errors."""
 
+import csv
+import math
 import os
 import subprocess
 import sys
@@ -67,6 +69,10 @@ def test_quantize_writes_the_deploy_files_and_the_report(workdir, capsys):
   table = (workdir / "out" / "quantize_report.md").read_text()
   assert "| net_in/aquant | 8-bit, pos " in table and "| leaky/aquant |" in table
   assert (workdir / "out" / "quantize_report.png").read_bytes()[:4] == b"\x89PNG"
+  report = _report_rows(workdir / "out")
+  assert report["conv1/mul_fold/wquant"]["grid"].startswith("6-bit")
+  assert 20 < float(report["leaky/aquant"]["float_sqnr_db"]) < float(
+      report["net_in/aquant"]["float_sqnr_db"])  # the error grows along the network
 
 
 def test_quantize_refuses_to_overwrite_unless_told(workdir, capsys):
@@ -192,9 +198,54 @@ def test_quantize_for_ascend_writes_the_record_and_both_models(workdir, capsys):
   assert 'key: "conv1/Conv2D"' in record and "scale_d" in record and "offset_w" in record
 
 
-def test_report_is_for_the_dpu_target(workdir, capsys):
-  status, _, err = _run(QUANTIZE + ["--target", "tflite", "--report"], capsys)
-  assert status == 1 and "--report is available for --target dpu" in err
+def _report_rows(directory):
+  with open(os.path.join(directory, "quantize_report.csv")) as f:
+    return {row["quantized_tensor"]: row for row in csv.DictReader(f)}
+
+
+REPORT_FILES = ["quantize_report.csv", "quantize_report.md", "quantize_report.png"]
+
+
+@pytest.mark.parametrize("target, files, rows", [
+    ("tflite", ["quantized_model.tflite"], ["net_in", "relu1", "concat", "logits/BiasAdd"]),
+    ("ascend", ["model_fake_quant.pb", "model_quantized.pb", "record.txt"],
+     ["conv1/Conv2D", "branch_b/depthwise", "avgpool", "logits/MatMul"])])
+def test_report_for_every_target(workdir, capsys, target, files, rows):
+  status, out, err = _run(_flag(QUANTIZE, "--output_dir", target) + ["--target", target,
+                                                                       "--report"], capsys)
+  assert status == 0, err
+  assert sorted(os.listdir(target)) == sorted(files + REPORT_FILES)
+  assert os.path.join(target, "quantize_report.md") in out
+  report = _report_rows(target)
+  assert set(rows) <= set(report)
+  for name in rows:
+    assert 20 < float(report[name]["float_sqnr_db"]) < 80, (name, report[name])
+  table = (workdir / target / "quantize_report.md").read_text()
+  assert "| SQNR vs float (dB) |" in table.splitlines()[0]
+
+
+def test_dpu_report_points_at_the_narrow_layer(workdir, capsys):
+  """relu_a on 3 bits: its grid is the weakest and the error it adds shows against the float
+  graph. (8 vs 4 bits everywhere: test_error_report's DPU test.)"""
+  for name, extra in (("eight", []), ("narrow", ["--nodes_bit", "relu_a:3"])):
+    assert _run(_flag(QUANTIZE, "--output_dir", name) + ["--report"] + extra, capsys)[0] == 0
+  eight, narrow = _report_rows("eight"), _report_rows("narrow")
+  assert narrow["relu_a/aquant"]["grid"].startswith("3-bit")
+  assert min(narrow.values(), key=lambda r: float(r["sqnr_db"]))["quantized_tensor"] == (
+      "relu_a/aquant")
+  assert float(narrow["relu_a/aquant"]["float_sqnr_db"]) < float(
+      eight["relu_a/aquant"]["float_sqnr_db"]) - 10
+
+
+def test_report_files_are_refused_like_the_others(workdir, capsys):
+  os.makedirs("tfl")
+  (workdir / "tfl" / "quantize_report.md").write_text("mine")
+  argv = _flag(QUANTIZE, "--output_dir", "tfl") + ["--target", "tflite", "--report"]
+  status, _, err = _run(argv, capsys)
+  assert status == 1 and "tfl/quantize_report.md already exists" in err
+  assert os.listdir("tfl") == ["quantize_report.md"]
+  assert _run(argv + ["--overwrite"], capsys)[0] == 0
+  assert sorted(os.listdir("tfl")) == sorted(["quantized_model.tflite"] + REPORT_FILES)
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +278,41 @@ def test_export_to_tflite_writes_a_fully_integer_model(frozen_qat_eval_graph, tm
   assert integer_check.float_tensors(content) == [] and str(len(content)) in stdout
   status, _, err = _run(argv, capsys)
   assert status == 1 and "already exists; pass --overwrite" in err
+
+
+EXPORT_INPUT_FN = '''
+from test_export_tflite import data
+
+def images(i):
+  return {"images": data(8, i, split=1)[0]}
+'''
+
+
+def test_export_report_writes_the_model_and_the_report_beside_it(frozen_qat_eval_graph,
+                                                                  tmp_path, monkeypatch, capsys):
+  (tmp_path / "export_calib.py").write_text(EXPORT_INPUT_FN)
+  monkeypatch.chdir(tmp_path)
+  sys.modules.pop("export_calib", None)
+  argv = EXPORT + ["--input_frozen_graph", frozen_qat_eval_graph, "--to", "tflite",
+                   "--output_file", "out/model.tflite", "--report"]
+  status, _, err = _run(argv, capsys)
+  assert status == 1 and "--input_fn is required" in err and not os.path.exists("out")
+  status, stdout, err = _run(argv + ["--input_fn", "export_calib.images"], capsys)
+  assert status == 0, err
+  assert sorted(os.listdir("out")) == sorted(["model.tflite"] + REPORT_FILES)
+  assert "out/model.tflite (" in stdout
+  report = _report_rows("out")
+  for name in ("images", "model/Relu", "model/Relu6",
+               "model/logits/act_quant/FakeQuantWithMinMaxVars"):
+    assert report[name]["float_tensor"] == name + ":0"
+    assert math.isfinite(float(report[name]["float_sqnr_db"]))
+  unmatched = [r for r in report.values() if not r["float_tensor"]]
+  assert all(r["note"] and r["float_sqnr_db"] == "nan" for r in unmatched)
+  status, _, err = _run(argv + ["--input_fn", "export_calib.images"], capsys)
+  assert status == 1 and "already exists; pass --overwrite" in err
+  status, _, err = _run(_flag(argv, "--to", "onnx") + ["--input_fn", "export_calib.images"],
+                        capsys)
+  assert status == 1 and "--report is for --to tflite" in err
 
 
 def test_export_to_onnx_writes_quantize_dequantize_pairs(frozen_qat_eval_graph, tmp_path, capsys):
