@@ -55,3 +55,9 @@ def test_tflite_example(tmp_path):
   out = run(["examples/tflite/train.py", "--workdir", str(tmp_path), "--float_steps", "40",
              "--qat_steps", "20"])
   assert "int8 TFLite accuracy" in out
+
+
+def test_decompose_example(tmp_path):
+  out = run(["examples/decompose/decompose.py", "--workdir", str(tmp_path), "--float_steps", "40",
+             "--finetune_steps", "10", "--retrain_steps", "10"])
+  assert "decomposed, AMCT INT8" in out and "_quantized.pb" in out
