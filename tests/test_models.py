@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras
 
 from qat_rewrite import quantize
+from qat_rewrite.graph.view import is_weight_unscale
 from qat_rewrite.report import LEARNING_PHASE_COPY
 
 FAKE_QUANTS = ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel")
@@ -34,7 +35,11 @@ def _keras_graph(app, training, size=32):
 
 
 def _weight_is_quantized(op):
-  return op.inputs[1].op.type in FAKE_QUANTS or op.inputs[1].op.name.endswith("delayed_quant")
+  """Through the training fold's weight unscale, q(w·s)·1/s (fold_batch_norm.unscale_on_weights)."""
+  weight = op.inputs[1]
+  if is_weight_unscale(weight.op):
+    weight = weight.op.inputs[0]
+  return weight.op.type in FAKE_QUANTS or weight.op.name.endswith("delayed_quant")
 
 
 def test_resnet50_training_graph_quantizes_all_54_layers_and_folds_53_batch_norms():

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 import builders
 from qat_rewrite import quantize
+from qat_rewrite.graph.view import is_weight_unscale
 
 FQ = 'FakeQuantWithMinMaxVars'
 TRAINING = pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
@@ -91,12 +92,18 @@ def _assert_quantizer(graph, scope, source, training, weights=False, resource=Tr
   return fq
 
 
+def _inputs(op):
+  """The op's inputs, a training fold's weight unscale (q(w·s)·1/s, see
+  fold_batch_norm.unscale_on_weights) seen through to the quantized weights it reads."""
+  return [t.op.inputs[0] if is_weight_unscale(t.op) else t for t in op.inputs]
+
+
 def _assert_feeds(graph, fq, scope, source, consumer, delay):
   """The quantized tensor reaches `consumer`: directly, or via `<scope>/delayed_quant` (delay)."""
   reader = _op(graph, consumer)
-  assert source + ':0' not in [t.name for t in reader.inputs]
+  assert source + ':0' not in [t.name for t in _inputs(reader)]
   if not delay:
-    assert fq.outputs[0] in list(reader.inputs)
+    assert fq.outputs[0] in _inputs(reader)
     return
   # contrib: the FakeQuant output went to `<scope>/delayed_quant/Switch_1` of a v1 cond.
   select = _op(graph, scope + '/delayed_quant')
@@ -104,7 +111,7 @@ def _assert_feeds(graph, fq, scope, source, consumer, delay):
   assert [c.name for c in fq.outputs[0].consumers()] == [select.name]
   assert select.inputs[1] is fq.outputs[0]
   assert select.inputs[2].name == source + ':0'  # the float tensor until the delay is reached
-  assert select.outputs[0] in list(reader.inputs)
+  assert select.outputs[0] in _inputs(reader)
   threshold = _op(graph, scope + '/activate_quant/delay')
   assert threshold.type == 'Const' and threshold.outputs[0].dtype == tf.int64
   assert tf.make_ndarray(threshold.get_attr('value')) == delay
@@ -563,7 +570,7 @@ def _assert_quantized_layer(graph, report, kind, normalizer, act_name, with_bypa
   if normalizer != 'none':
     # Folded in place: contrib quantized `mul_fold` for a `<layer>_Fold` clone.
     weights = p + 'mul_fold'
-    assert layer.inputs[1].op.name.startswith(p + 'weights_quant/')
+    assert _inputs(layer)[1].op.name.startswith(p + 'weights_quant/')
     layer_out = p + 'BatchNorm_Fold/FusedBatchNorm'  # the training fold's batch norm (see README)
   else:
     weights = p + layer_op + '/ReadVariableOp' if use_resource else p + weight_var + '/read'

@@ -1,6 +1,7 @@
 """Read-only questions about a tf.compat.v1 graph that the passes keep asking."""
 
 import collections
+import re
 
 import tensorflow as tf
 
@@ -15,6 +16,7 @@ ASSIGN_TYPES = frozenset({
 
 
 CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
+WEIGHT_UNSCALE = "unscale_weights"  # see is_weight_unscale
 
 
 class GraphView:
@@ -103,8 +105,9 @@ class GraphView:
 
 
 def is_fake_quantized(tensor):
-  """True if `tensor` comes out of a quantizer (through its delay select or channel reshape)."""
-  for _ in range(3):
+  """True if `tensor` comes out of a quantizer (through its delay select, channel reshape or a
+  training fold's unscale of the weights)."""
+  for _ in range(4):
     op = tensor.op
     if op.type in FAKE_QUANT_TYPES:
       return True
@@ -112,9 +115,18 @@ def is_fake_quantized(tensor):
       tensor = op.inputs[1]
     elif op.type == "Reshape" and op.name.endswith("per_channel_restore"):
       tensor = op.inputs[0]
+    elif is_weight_unscale(op):
+      tensor = op.inputs[0]
     else:
       return False
   return False
+
+
+def is_weight_unscale(op):
+  """The Mul by 1/s that a training fold puts between a layer's quantized weights and the layer
+  (passes/fold_batch_norm.unscale_on_weights)."""
+  return op.type == "Mul" and bool(re.fullmatch(WEIGHT_UNSCALE + r"(_\d+)?",
+                                                op.name.rsplit("/", 1)[-1]))
 
 
 def variable_source(tensor):

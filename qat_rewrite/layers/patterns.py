@@ -12,6 +12,15 @@ from qat_rewrite.graph.view import (is_activation_tensor, is_channel_vector, is_
 from qat_rewrite.layers.catalogue import ACTIVATION_TYPES, ADD_TYPES, LAYER_TYPES
 
 FUSED_BATCH_NORM_TYPES = ("FusedBatchNorm", "FusedBatchNormV3")
+# The name scope of what a fold builds (passes/fold_batch_norm): `<layer scope>/BatchNorm_Fold/`.
+FOLD_SCOPE = "BatchNorm_Fold"
+
+
+def is_fold_batch_norm(op):
+  """True for the batch norm a training fold builds (on y/s, or on y once the 1/s moved onto the
+  weights): not a batch norm of the user's to fold, and live, unlike the one it replaced."""
+  return (op.type in FUSED_BATCH_NORM_TYPES
+          and op.name.rsplit("/", 2)[-2:-1] == [FOLD_SCOPE])
 
 
 def _layer_output():
@@ -27,11 +36,15 @@ def _bias(inner, role="bias"):
 
 
 def _layer_chain():
-  """weight layer → [batch_to_space] → [fold scale → folded batch norm] → [bias] → [forced updates]."""
+  """weight layer → [batch_to_space] → [[fold scale] → folded batch norm] → [bias] → [forced
+  updates]. The fold scale is absent where the fold moved it onto the weights."""
   chain = _layer_output()
+  # A fold scale read by nothing is the one a fold moved onto the weights, left behind.
   scaled = Op("Mul", [chain, Any(role="fold_scale_value", where=is_channel_vector)],
-              role="fold_scale", ordered=False)
-  chain = Optional(OneOf(_folded_batch_norm(scaled), scaled), skip=chain)
+              role="fold_scale", ordered=False, where=lambda op: bool(op.outputs[0].consumers()))
+  unscaled_bn = Op(FUSED_BATCH_NORM_TYPES, [chain, Any(), Any(), Any(), Any()], role="folded_bn",
+                   output=0, where=is_fold_batch_norm)
+  chain = Optional(OneOf(_folded_batch_norm(scaled), scaled, unscaled_bn), skip=chain)
   chain = _bias(chain)
   # A batch norm with forced updates (an Identity that waits for the moving-average updates).
   return Optional(Op("Identity", [chain], role="forced_updates", where=lambda op: op.control_inputs))

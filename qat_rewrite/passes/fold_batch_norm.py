@@ -11,6 +11,11 @@ output, the batch statistics and the full batch-norm gradient. The original batc
 norm's moving-average updates are rerouted to these statistics, so the original
 convolution no longer runs at all.
 
+Where the weights are the smaller tensor, the division by s moves onto them once the target has
+put its weight quantizer in place (`unscale_on_weights`): conv(x, q(w·s))/s = conv(x, q(w·s)/s),
+since s is per output channel, so the step no longer multiplies (forward and backward) a whole
+activation by 1/s, only the weights.
+
 With `freeze_bn_delay` the fold is out = y·A + B instead, with A = γ/(σ_batch·s) and
 B = β + (b − μ_batch)·γ/σ_batch from the moments of y; once the quantization step passes
 the delay, A = 1 and B uses the moving statistics, which stop updating.
@@ -24,10 +29,11 @@ import tensorflow as tf
 
 from qat_rewrite.graph import editor, state
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.graph.view import (CONTROL_FLOW_TYPES, GraphView, constant_value, context,
-                                    join, value_of)
+from qat_rewrite.graph.view import (CONTROL_FLOW_TYPES, WEIGHT_UNSCALE, GraphView,
+                                    constant_value, context, join, value_of)
 from qat_rewrite.layers import kind_of
-from qat_rewrite.layers.patterns import fused_batch_norm, unfused_batch_norm
+from qat_rewrite.layers.patterns import (FOLD_SCOPE, fused_batch_norm, is_fold_batch_norm,
+                                         unfused_batch_norm)
 from qat_rewrite.quant import fake_quant
 
 _SHAPE_ONLY_TYPES = ("Shape", "ShapeN", "Size", "Rank")  # read no values: a fold changes none
@@ -36,6 +42,8 @@ _MUL_FOLD = re.compile(r"mul_fold(_\d+)?")  # TF numbers a second one in the sam
 # output}, and {layer name: builds the eval fold's bias}.
 _REPLACED = "fold_batch_norm.replaced"
 _EVAL_BIAS = "fold_batch_norm.eval_bias"
+# [(layer, y/s, 1/s)] of the training folds whose 1/s may move onto the weights.
+_UNSCALES = "fold_batch_norm.unscales"
 
 
 def eval_time_bias(graph, layer_name):
@@ -114,6 +122,8 @@ def find_batch_norm_folds(view, in_scope):
       bn = m.op("bn")
       if not in_scope(m.op("layer")):
         continue
+      if is_fold_batch_norm(bn):  # an earlier fold's own
+        continue
       if _already_folded(m):  # its consumers moved to an earlier fold
         folded_before += 1
         continue
@@ -170,7 +180,7 @@ def folded_away_ops(view):
   dead = set()
   for pattern in (fused_batch_norm(), unfused_batch_norm()):
     for m in find_matches(pattern, view.ops, "layer"):
-      if _already_folded(m):
+      if _already_folded(m) and not is_fold_batch_norm(m.op("bn")):
         back = _reshape_back(view, m.op("bn")) if m.has("reshape") else None
         dead |= {m.op("bn"), back} - {None}
   frontier = list(dead)
@@ -266,7 +276,7 @@ def fold(view, f, training, frozen=None):
   kind = kind_of(f.layer)
   ctx = context(f.layer)
   weight = f.layer.inputs[kind.weight_input]
-  with graph.as_default(), graph.name_scope(join(ctx, "BatchNorm_Fold") + "/"):
+  with graph.as_default(), graph.name_scope(join(ctx, FOLD_SCOPE) + "/"):
     moving_mean = value_of(f.moving_mean, "moving_mean")
     moving_var = value_of(f.moving_variance, "moving_variance")
     gamma = f.gamma if f.gamma is not None else tf.ones_like(moving_mean)
@@ -279,11 +289,11 @@ def fold(view, f, training, frozen=None):
     mul_fold = tf.multiply(weight, scale_for_weight, name="mul_fold")
   editor.replace_input(f.layer, kind.weight_input, mul_fold)
   y = f.layer_output
-  with graph.name_scope(join(ctx, "BatchNorm_Fold") + "/"):
+  with graph.name_scope(join(ctx, FOLD_SCOPE) + "/"):
     if batch_stats and frozen is None:
       folded = _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias)
       state.setdefault(graph, _EVAL_BIAS, {})[f.layer.name] = _once(
-          graph, join(ctx, "BatchNorm_Fold") + "/",
+          graph, join(ctx, FOLD_SCOPE) + "/",
           lambda: tf.add(beta, (bias - moving_mean) * scale, name="bias"))
     elif batch_stats:
       multiplier, offset = _batch_statistics_correction(
@@ -306,6 +316,31 @@ def fold(view, f, training, frozen=None):
   return notes
 
 
+def unscale_on_weights(graph):
+  """Moves the 1/s of each training fold from the layer output y onto the layer's (quantized)
+  weights, where they have fewer elements than one example's output: conv(x, q(w·s))·(1/s)
+  becomes conv(x, q(w·s)·(1/s)), the same up to float rounding. Call it after the weight
+  quantizers are in place, as they must quantize w·s (what the eval graph quantizes). Returns
+  the layers changed."""
+  moved = []
+  for layer, unscaled, inverse_scale in state.get(graph, _UNSCALES, []):
+    kind = kind_of(layer)
+    weight = layer.inputs[kind.weight_input]
+    y = unscaled.op.inputs[0]
+    example = y.shape[1:]
+    if (y.shape.rank != 4 or not example.is_fully_defined() or not weight.shape.is_fully_defined()
+        or weight.shape.num_elements() >= example.num_elements()):
+      continue
+    with graph.as_default(), graph.name_scope(join(context(layer), FOLD_SCOPE) + "/"):
+      per_channel = tf.reshape(inverse_scale, kind.scale_shape(layer, weight.shape.as_list()))
+      unscaled_weight = tf.multiply(weight, per_channel, name=WEIGHT_UNSCALE)
+    editor.replace_input(layer, kind.weight_input, unscaled_weight)
+    editor.reroute(unscaled, y, unscaled.consumers())
+    moved.append(layer.name)
+  state.put(graph, _UNSCALES, [])
+  return moved
+
+
 def _once(graph, scope, build):
   """`build` run the first time the result is asked for, in `graph` under `scope`."""
   built = []
@@ -326,8 +361,10 @@ def _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias):
   """
   inverse_scale = tf.math.divide_no_nan(1.0, scale, name="inverse_scale")
   ctx = context(f.layer)
-  with tf.compat.v1.get_default_graph().name_scope(join(ctx, "") if ctx else None):
+  graph = tf.compat.v1.get_default_graph()
+  with graph.name_scope(join(ctx, "") if ctx else None):
     unscaled = tf.multiply(y, inverse_scale, name="post_conv_mul")
+  state.setdefault(graph, _UNSCALES, []).append((f.layer, unscaled, inverse_scale))
   channels = scale.shape[-1]
   rank4 = unscaled.shape.rank == 4
   x = unscaled if rank4 else tf.reshape(unscaled, [-1, 1, 1, channels])

@@ -25,8 +25,8 @@ import tensorflow as tf
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.graph.view import (FAKE_QUANT_TYPES, RELU_TYPES, GraphView, constant_value,
-                                    context, dropout_input, is_dropout, is_fake_quantized, join,
-                                    sole_relu_consumer, variable_source)
+                                    context, dropout_input, is_dropout, is_fake_quantized,
+                                    is_weight_unscale, join, sole_relu_consumer, variable_source)
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
@@ -249,8 +249,9 @@ def _quantize_generic_ops(graph, settings, layer_ops, concatenated):
   view = GraphView(graph)
   names, memo = [], {}
   for op in list(view.ops):
-    if op in layer_ops or not settings.in_scope(op) or dropout_input(op) is not None:
-      continue  # dropout runs in training only: quantizing it would add a train-only range
+    if (op in layer_ops or not settings.in_scope(op) or dropout_input(op) is not None
+        or is_weight_unscale(op)):  # dropout runs in training only: its range would be too
+      continue
     holder = LayerReport(layer=op.name, kind="output")
     if op.type in _POOL_TYPES:
       _quantize_pool(view, op, settings, memo, holder)
@@ -497,13 +498,15 @@ def _emulate_adds(graph, settings, dead):
 def _weight_quantizer(tensor):
   """(the FakeQuant that quantizes a layer's weights, its delay condition or None), or (None, None)."""
   delay = None
-  for _ in range(3):
+  for _ in range(4):
     op = tensor.op
     if op.type in ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"):
       return op, delay
     if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
       delay, tensor = op.inputs[0], op.inputs[1]
     elif op.type == "Reshape" and op.name.endswith("per_channel_restore"):
+      tensor = op.inputs[0]
+    elif is_weight_unscale(op):
       tensor = op.inputs[0]
     else:
       break

@@ -7,7 +7,8 @@ from absl import logging
 
 from qat_rewrite.graph.view import GraphView
 from qat_rewrite.passes import checks, lone_batch_norm, settings_record
-from qat_rewrite.passes.fold_batch_norm import apply_folds, find_batch_norm_folds
+from qat_rewrite.passes.fold_batch_norm import (apply_folds, find_batch_norm_folds,
+                                                unscale_on_weights)
 from qat_rewrite.passes.insert_quantizers import Settings, insert_quantizers
 from qat_rewrite.quant import fake_quant, integer_requantize, pool_rounding
 from qat_rewrite.quant.spec import activation_spec, weight_spec
@@ -147,6 +148,7 @@ def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False,
       delay_reached=lambda name: (fake_quant.step_reached(graph, quant_delay, name, use_resource)
                                   if quant_delay else None))
   layers, others, float_ops = insert_quantizers(graph, settings, folded)
+  unscale_on_weights(graph)
   report.layers, report.other_quantizers = layers, others
   report.float_ops.extend(float_ops)
   if layers or others:

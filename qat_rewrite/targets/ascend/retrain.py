@@ -17,7 +17,7 @@ from absl import logging
 from qat_rewrite import files
 from qat_rewrite.graph import editor
 from qat_rewrite.graph.view import GraphView
-from qat_rewrite.passes.fold_batch_norm import find_batch_norm_folds
+from qat_rewrite.passes.fold_batch_norm import find_batch_norm_folds, unscale_on_weights
 from qat_rewrite.passes.rewrite import fold_for_quantization
 from qat_rewrite.report import FloatOp, LayerReport
 from qat_rewrite.targets.ascend import config as ascend_config
@@ -64,6 +64,7 @@ def rewrite(graph, config_file, record_file):
           quantizers=["%s/%s" % (op.name, scope)
                       for scope in ((DATA_SCOPE, WEIGHT_SCOPE) if weighted else (DATA_SCOPE,))],
           notes=[warnings[op.name]] if op.name in warnings else []))
+    unscale_on_weights(graph)
     ops.append(_record_op(graph, writers, record_file))
     ops.report = report
     for warning in warnings.values():

@@ -12,7 +12,7 @@ from qat_rewrite.graph import state
 from qat_rewrite.graph.view import subgraph_ops
 from qat_rewrite.layers import kind_of
 from qat_rewrite.passes import settings_record
-from qat_rewrite.passes.fold_batch_norm import replaced_outputs
+from qat_rewrite.passes.fold_batch_norm import replaced_outputs, unscale_on_weights
 from qat_rewrite.passes.rewrite import fold_for_quantization, warn_if_nothing_quantized
 from qat_rewrite.report import LayerReport
 from qat_rewrite.targets.dpu import quantizers, simulate
@@ -63,6 +63,7 @@ def rewrite(graph, config, training):
                      config.output_nodes, replaced)
     positions = quantizers.build(graph, plan, training, use_resource, config.adjust_shift_cut,
                                  config.adjust_shift_bias)
+    unscale_on_weights(graph)
     state.put(graph, _REWRITTEN, Rewritten(plan, positions, training, config))
     settings_record.record(graph, settings_record.describe(
         target="dpu", weight_bit=config.weight_bit, activation_bit=config.activation_bit,
