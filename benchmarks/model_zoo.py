@@ -26,7 +26,11 @@ import zoo_models  # noqa: E402
 
 HEADER = ["model", "input", "layers matched", "BN folded", "ops left float (why)",
           "QAT/float step", "TFLite fully integer", "TFLite agreement, XNNPACK",
-          "TFLite agreement, builtin kernels", "XNNPACK vs builtin", "DPU deploy vs eval"]
+          "TFLite agreement, builtin kernels", "the same against the float32 eval graph",
+          "XNNPACK vs builtin", "DPU deploy vs eval"]
+# The agreement columns: the int8 logits of each TFLite runtime against the eval graph that
+# requantizes as that runtime does (requantize="xnnpack" / "tflite_builtin"), then both against
+# the float32 eval graph (requantize="float", the one exported).
 
 
 def run_model(name, workdir):
@@ -64,6 +68,8 @@ def row(result):
   return [name, result["input_size"], train["layers"], train["bn_folded"], left,
           "%.2f" % (steps["qat"] / steps["float"]) if steps else "-", integer,
           _agreement(tflite.get("xnnpack")), _agreement(tflite.get("builtin")),
+          " / ".join(_agreement(tflite.get("float_eval", {}).get(k))
+                     for k in ("xnnpack", "builtin")),
           _agreement(tflite.get("xnnpack_vs_builtin")),
           "%.0f%%, %d LSB over %d tensors" % (100 * dpu["worst_equal_share"],
                                                dpu["worst_max_lsb"], dpu["tensors"])

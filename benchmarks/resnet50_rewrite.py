@@ -65,7 +65,7 @@ def build_graph(model_name, size):
     b.labels = tf.compat.v1.placeholder(tf.int64, [BATCH], "labels")
     model = MODELS[model_name](weights=None, input_shape=(size, size, 3),
                                classifier_activation=None)
-    logits = model(b.images, training=True)
+    logits = b.logits = model(b.images, training=True)
     # Before any rewrite, so that the rewrite reroutes it onto the quantized logits.
     b.loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(b.labels, logits)
     # Keras keeps the batch-norm updates on the model, not in the UPDATE_OPS collection.
