@@ -26,7 +26,7 @@ from model import batches  # noqa: E402  (examples/decent_q/model.py: the shuffl
 from qat_rewrite import quantize  # noqa: E402
 from qat_rewrite.datasets import load_mnist  # noqa: E402
 from qat_rewrite.export import to_tflite  # noqa: E402
-from qat_rewrite.targets import tflite as tflite_ptq  # noqa: E402
+from qat_rewrite.targets.tflite import ptq as tflite_ptq  # noqa: E402
 
 BATCH = 64
 CALIB_BATCHES = 20

@@ -26,11 +26,8 @@ from absl import logging  # noqa: E402
 from qat_rewrite import calibration_data, error_report, files  # noqa: E402
 from qat_rewrite.decent_q.config import QuantizeConfig  # noqa: E402
 from qat_rewrite.graph import frozen  # noqa: E402
-from qat_rewrite.targets import tflite  # noqa: E402
-from qat_rewrite.targets.ascend import export as ascend_export  # noqa: E402
-from qat_rewrite.targets.ascend import layers as ascend_layers  # noqa: E402
-from qat_rewrite.targets.ascend import ptq as ascend_ptq  # noqa: E402
-from qat_rewrite.targets.dpu import calibrate, deploy, dump, rewrite  # noqa: E402
+from qat_rewrite.targets import registry  # noqa: E402
+from qat_rewrite.targets.dpu import dump  # noqa: E402
 
 REPORT = error_report.REPORT
 _REPORT_FILES = [REPORT + ext for ext in (".md", ".csv", ".png")]
@@ -38,6 +35,7 @@ _DPU_FLAGS = {  # QuantizeConfig fields that are plain integers on the command l
     "weight_bit": 8, "activation_bit": 8, "method": 1, "calib_iter": 100, "align_concat": 0,
     "align_pool": 0, "adjust_shift_bias": 1, "adjust_shift_cut": 1, "simulate_dpu": 1,
     "scale_all_avgpool": 1, "replace_relu6": 1, "replace_sigmoid": 0}
+_TARGETS = registry.targets()
 
 
 class CommandError(Exception):
@@ -64,53 +62,34 @@ def main(argv=None):
 
 def quantize(args):
   """Post-training quantization: calibrate, then write the target's files (and the report)."""
+  target = _TARGETS[args.target]
   config = _config(args)
-  if args.range_method != "min_max" and args.target != "ascend":
-    raise CommandError("--range_method is for --target ascend (dpu chooses positions by "
-                       "--method; tflite's converter uses min/max)")
+  _refuse_other_targets_flags(args, target)
   graph_def = frozen.load_graph_def(args.input_frozen_graph)
   input_fn = _load_input_fn(args.input_fn)
   files.check_output_dir(args.output_dir)
-  _refuse_existing(args.output_dir, _output_names(args), args.overwrite)  # before the wait
-  contents = _TARGETS[args.target](args, graph_def, input_fn, config)
+  report = _REPORT_FILES if args.report else []
+  _refuse_existing(args.output_dir, target.output_names(args) + report,
+                   args.overwrite)  # before the wait
+  contents = target.calibrate(args, graph_def, input_fn, config)
   if args.report:
-    contents.update(_report(args, graph_def, contents, input_fn, config))
+    contents.update(error_report.report_files(
+        target.report_rows(args, graph_def, contents, input_fn, config)))
   _refuse_existing(args.output_dir, contents, args.overwrite)
   paths = files.write_all(args.output_dir, contents)
   for name in sorted(paths):
     print(paths[name])
 
 
-def _dpu_files(args, graph_def, input_fn, config):
-  return calibrate.calibrated_contents(graph_def, input_fn, config, args.fixneuron_model)
-
-
-def _ascend_files(args, graph_def, input_fn, config):
-  return ascend_ptq.calibrated_contents(args.input_frozen_graph, graph_def, input_fn,
-                                        config.output_nodes, config.calib_iter,
-                                        args.range_method)
-
-
-def _tflite_files(args, graph_def, input_fn, config):
-  return tflite.calibrated_contents(frozen.settle_constant_switches(graph_def)[0], input_fn,
-                                    config.input_nodes, config.output_nodes, config.input_shapes,
-                                    config.calib_iter)
-
-
-_TARGETS = {"dpu": _dpu_files, "ascend": _ascend_files, "tflite": _tflite_files}
-
-
-def _output_names(args):
-  """The files `quantize` will write for the chosen target and options."""
-  report = _REPORT_FILES if args.report else []
-  if args.target == "ascend":
-    return [ascend_ptq.RECORD] + [ascend_ptq.SAVE_NAME + suffix for suffix in (
-        ascend_export.QUANTIZED_SUFFIX, ascend_export.FAKE_QUANT_SUFFIX)] + report
-  if args.target == "tflite":
-    return [tflite.MODEL] + report
-  names = [deploy.EVAL_MODEL, deploy.DEPLOY_MODEL, deploy.INFO]
-  names += [deploy.FIXNEURON_MODEL] if args.fixneuron_model else []
-  return names + report
+def _refuse_other_targets_flags(args, chosen):
+  """A flag of another target, set to other than its default, would be ignored: refused."""
+  for target in _TARGETS.values():
+    if target is chosen:
+      continue
+    for flag in target.flags:
+      if getattr(args, flag.name) != flag.options["default"]:
+        raise CommandError("--%s is for --target %s%s" % (
+            flag.name, target.name, " (%s)" % flag.why if flag.why else ""))
 
 
 def inspect(args):
@@ -128,17 +107,10 @@ def inspect(args):
       op.name for op in ops if op.name not in consumed and op.type not in ("Const", "NoOp")))
   if settled:
     print("%d learning-phase switches settle to their default branch" % settled)
-  if args.target == "tflite":
-    print("tflite: the converter quantizes every op it has int8 kernels for; quantize "
-          "--target tflite refuses the model, naming the tensors, if any stays float")
+  notes = _TARGETS[args.target].notes(graph, args, lambda g: _config(args, g))
+  if isinstance(notes, str):  # the target cannot say per op
+    print(notes)
     return
-  if args.target == "ascend":
-    notes = _ascend_notes(graph)
-  elif not args.input_nodes or not args.output_nodes:
-    print("give --input_nodes and --output_nodes to see what is quantized")
-    return
-  else:
-    notes = _dpu_notes(graph, _config(args, graph))
   print("\n| op | type | quantization (%s) |\n|---|---|---|" % args.target)
   for op in ops:
     print("| %s | %s | %s |" % (op.name, op.type, notes.get(op.name, "")))
@@ -289,61 +261,6 @@ def _refuse_existing(directory, names, overwrite):
     raise CommandError("%s%s already exists; pass --overwrite to replace" % (existing[0], more))
 
 
-def _report(args, graph_def, contents, input_fn, config):
-  """The per-layer SQNR report files of the target's model against the float graph on batch 0.
-
-  dpu: quantize_eval_model.pb, its float twin the same model with the quantizers bypassed;
-  tflite: the .tflite's tensors against the float graph; ascend: model_fake_quant.pb (stock
-  TensorFlow; the deploy model needs AMCT's ops) against the float graph. The dpu and tflite
-  models start at the input nodes, so they are fed the input nodes' values; ascend's model keeps
-  the whole graph and is fed the placeholders.
-  """
-  if args.target == "ascend":
-    graph = frozen.import_graph_def(graph_def, args.input_frozen_graph)
-    feeds = calibration_data.feed_dict(input_fn, 0, calibration_data.placeholders(graph))
-    fake_quant = contents[ascend_ptq.SAVE_NAME + ascend_export.FAKE_QUANT_SUFFIX]
-    rows = error_report.ascend_report(tf.compat.v1.GraphDef.FromString(fake_quant), graph_def,
-                                      {t.name: value for t, value in feeds.items()})
-    return error_report.report_files(rows)
-  graph_def = frozen.settle_constant_switches(graph_def)[0]
-  (inputs,) = calibration_data.input_node_batches(graph_def, input_fn, config.input_nodes, 1)
-  if args.target == "tflite":
-    rows = error_report.tflite_report(contents[tflite.MODEL], graph_def, inputs)
-  else:
-    rows = error_report.frozen_graph_report(
-        tf.compat.v1.GraphDef.FromString(contents[deploy.EVAL_MODEL]), inputs)
-  return error_report.report_files(rows)
-
-
-def _dpu_notes(graph, config):
-  """{op name: how the DPU rewrite quantizes it, or why it stays float}."""
-  with graph.as_default():
-    rewrite.rewrite(graph, config, training=False)
-  plan = rewrite.rewritten(graph).plan
-  notes = {}
-  for p in plan.points:
-    op = p.tensor.op.name
-    notes[op] = "; ".join(filter(None, [notes.get(op), "%s %d-bit, method %d (%s)"
-                                        % (p.kind, p.bits, p.method, p.name)]))
-  for g in plan.groups:
-    notes[g.layer.name] = "layer: weights %d-bit%s, output %s" % (
-        g.weights.bits, ", bias %d-bit" % g.bias.bits if g.bias else "", g.output.name)
-  for f in plan.float_ops:
-    notes[f.op] = "float: " + f.reason
-  return notes
-
-
-def _ascend_notes(graph):
-  """{op name: how AMCT's calibration quantizes it, or why it stays float}."""
-  found = ascend_layers.find_layers(graph)
-  weights = {True: ", int8 weights", False: " (no weights: average pool)"}
-  notes = {op.name: "layer: int8 data (scale, offset)" + weights[ascend_layers.has_weights(op)]
-           for op in found.layers}
-  notes.update((name, notes[name] + "; warning: " + text) for name, text in found.warnings.items())
-  notes.update((f.op, "float: " + f.reason) for f in found.float_ops)
-  return notes
-
-
 def _parser():
   parser = argparse.ArgumentParser(prog="qat_rewrite", description=__doc__.splitlines()[0])
   verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -359,18 +276,16 @@ def _parser():
   _node_flags(q)
   q.add_argument("--input_fn", help="module.function: batch number -> {placeholder: array}")
   q.add_argument("--target", choices=sorted(_TARGETS), default="dpu",
-                 help="dpu: decent_q's files; ascend: AMCT's record and models; tflite: a "
-                 "fully-integer .tflite (default dpu)")
+                 help="; ".join("%s: %s" % (t.name, t.summary) for t in _TARGETS.values())
+                 + " (default dpu)")
   for name, default in _DPU_FLAGS.items():
     q.add_argument("--" + name, type=int, default=default, help="default %d" % default)
-  q.add_argument("--range_method", choices=["min_max", "percentile", "mse"], default="min_max",
-                 help="ascend: data ranges by min/max over all batches, or the 0.01-99.99th "
-                 "percentiles, or the least-MSE clip, averaged over batches")
+  for target in _TARGETS.values():
+    for flag in target.flags:
+      q.add_argument("--" + flag.name, **flag.options)
   q.add_argument("--nodes_bit", help="per-op bits, name:bits,name:bits")
   q.add_argument("--nodes_method", help="per-op method, name:method,...")
   q.add_argument("--output_dir", default="./quantize_results")
-  q.add_argument("--fixneuron_model", type=int, default=1,
-                 help="also write quantize_eval_model_fixneuron.pb (default 1)")
   q.add_argument("--report", action="store_true",
                  help="also write quantize_report.md/.csv/.png: per quantized tensor on batch 0, "
                  "its range, local SQNR and SQNR against the float graph")

@@ -166,7 +166,7 @@ def test_exported_tflite_report_matches_the_eval_graph_and_finds_the_bad_layer(c
 
 
 def test_tflite_report_of_a_ptq_model_against_the_float_graph(tmp_path):
-  from qat_rewrite.targets import tflite
+  from qat_rewrite.targets.tflite import ptq as tflite
   graph_def = frozen_test_cnn()
   raw = [np.random.RandomState(i).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
          for i in range(2)]

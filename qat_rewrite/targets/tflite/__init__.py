@@ -1,0 +1,1 @@
+"""Fully-integer TFLite: post-training quantization by the TFLite converter (`ptq`)."""
