@@ -12,18 +12,22 @@ time, as in contrib. `quant_delay=N` keeps the first N runs float.
 A rewrite that fails, for whatever reason, leaves the graph exactly as it was.
 """
 
-import functools
-
 import tensorflow as tf
 
 from qat_rewrite import distribute
 from qat_rewrite.graph.frozen import resolve_checkpoint
 from qat_rewrite.passes import rewrite as rewrite_pass
 from qat_rewrite.passes import checkpoint as checkpoint_checks
+from qat_rewrite.passes.options import RewriteOptions
 from qat_rewrite.passes.transaction import all_or_nothing
 
-# Inside a tf.distribute replica function the rewrite runs once, for every replica's tower.
-_rewrite = functools.partial(distribute.run_once, all_or_nothing(rewrite_pass.rewrite))
+_REWRITE = all_or_nothing(rewrite_pass.rewrite)
+
+
+def _rewrite(graph, **options):
+  """The rewrite with these options, all or nothing; inside a tf.distribute replica function
+  it runs once, for every replica's tower."""
+  return distribute.run_once(_REWRITE, graph, RewriteOptions(**options))
 
 
 def _graph(input_graph):

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from qat_rewrite import quantize
 from qat_rewrite.export import compare_tflite, to_tflite
-from qat_rewrite.passes import rewrite as rewrite_pass
+from qat_rewrite.passes import options
 from qat_rewrite.quant import integer_requantize as ir
 
 v1 = tf.compat.v1
@@ -102,7 +102,7 @@ def test_a_training_graph_or_an_unknown_mode_is_refused():
     v1.layers.conv2d(images, 4, 3, name="conv")
     before = len(graph.get_operations())
     with pytest.raises(ValueError, match="eval graphs only"):
-      rewrite_pass.rewrite(graph, training=True, requantize="xnnpack")
+      options.RewriteOptions(training=True, requantize="xnnpack")
     with pytest.raises(ValueError, match="requantize must be one of"):
       quantize.experimental_create_eval_graph(graph, requantize="fp32")
     assert len(graph.get_operations()) == before

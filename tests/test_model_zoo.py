@@ -42,8 +42,8 @@ NOT_FULLY_INTEGER = {"NASNetMobile": "191 float tensors in its NAS cells, not in
 NEEDS_INPUT_RANGES = {"EfficientNetB0"}
 # Every op between the input and the logits is requantized in the eval graph as TFLite does it
 # (conv, depthwise, dense, ADD, and pools' ties), so its int8 logits equal TFLite's (issue 13).
-BIT_EXACT = {"inception_v1", "inception_v2", "inception_v3", "resnet_v1_50", "ResNet50V2",
-             "alexnet_v2"}
+BIT_EXACT = {"inception_v1", "inception_v2", "inception_v3", "resnet_v1_50", "resnet_v2_50",
+             "ResNet50V2", "alexnet_v2"}
 
 
 # The flags each subject's flow runs with; conftest.py starts the selected ones at collection.

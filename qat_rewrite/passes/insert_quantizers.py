@@ -17,8 +17,6 @@ tensor it quantizes.
 """
 
 import dataclasses
-from typing import Callable
-
 import numpy as np
 import tensorflow as tf
 
@@ -31,6 +29,7 @@ from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
 from qat_rewrite.passes.fold_batch_norm import folded_away_ops
+from qat_rewrite.passes.options import RewriteOptions
 from qat_rewrite.quant import fake_quant, integer_requantize, pool_rounding
 from qat_rewrite.report import FloatOp, LayerReport
 
@@ -46,27 +45,26 @@ _SAME_GRID_TYPES = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "M
                               "BatchToSpaceND", "SpaceToBatchND", "Pad"})
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Settings:
-  """What the caller asked for; `weight_spec` and `activation_spec` build QuantSpecs."""
-  training: bool
-  weight_spec: Callable
-  activation_spec: Callable
-  in_scope: Callable
+  """The caller's options and what folding found out about the graph."""
+  options: RewriteOptions
+  graph: tf.Graph
   excluded: dict  # layer op -> why it stays float
-  delay_reached: Callable  # name -> scalar bool tensor, or None without quant_delay
   use_resource: bool  # quantizer variables match the graph's own (resource or ref)
-  quantize_inputs: bool = False  # layers reading unquantized tensors get an input quantizer
-  pool_ties: str = pool_rounding.DEFAULT_RULE  # how AvgPool ties round (the target runtime's)
-  # eval only: conv/depthwise/dense outputs requantized in integers as this runtime does
-  requantize: str = integer_requantize.DEFAULT_MODE
+
+  def delay_reached(self, name):
+    """A scalar bool tensor, true once quant_delay steps have run; None without a delay."""
+    if not self.options.quant_delay:
+      return None
+    return fake_quant.step_reached(self.graph, self.options.quant_delay, name, self.use_resource)
 
 
 def insert_quantizers(graph, settings, folded):
   """Quantizes every matched layer; returns (layer reports, other quantizers, float ops)."""
   view = GraphView(graph)
   # A layer's chain ends where the scope ends; folded-away ops never run.
-  excluded = folded_away_ops(view) | {op for op in view.ops if not settings.in_scope(op)}
+  excluded = folded_away_ops(view) | {op for op in view.ops if not settings.options.in_scope(op)}
   matches = find_matches(quantizable_layer(), view.ops, "layer", exclude=excluded)
   reports, quantized_weights, layer_ops, inputs = [], {}, set(), []
   concatenated = set()  # layer outputs left to their concat's quantizer
@@ -84,7 +82,8 @@ def insert_quantizers(graph, settings, folded):
     reports.append(_quantize_layer(view, m, settings, folded, quantized_weights, concatenated))
     inputs.append((m, reports[-1]))
   others = _quantize_generic_ops(graph, settings, layer_ops, concatenated)
-  if settings.quantize_inputs:  # after every output quantizer: layers are not in graph order
+  # after every output quantizer: layers are not in graph order
+  if settings.options.quantize_inputs:
     for m, report in inputs:
       layer = m.op("layer")
       _quantize_model_input(view, layer.inputs[kind_of(layer).data_input], layer, settings,
@@ -93,10 +92,11 @@ def insert_quantizers(graph, settings, folded):
   # Last: every input quantizer (pools, generic ops) exists by now.
   for m, report in biases:
     report.bias_quantized = _quantize_bias(m.op("layer"), m.op("bias"), m.tensor("bias_value"))
-  if settings.requantize != integer_requantize.DEFAULT_MODE:  # last: every quantizer is in place
+  # last: every quantizer is in place
+  if settings.options.requantize != integer_requantize.DEFAULT_MODE:
     dead = folded_away_ops(GraphView(graph))
     for m, report in inputs:
-      _emulate_requantization(m.op("layer"), settings.requantize, report, dead)
+      _emulate_requantization(m.op("layer"), settings.options.requantize, report, dead)
     _emulate_adds(graph, settings, dead)
   float_ops.extend(_lone_batch_norms(view, settings, layer_ops, set(folded.values())))
   return reports, others, float_ops
@@ -119,21 +119,21 @@ def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
   unfused = m.has("activation") and not passes_on and m.op("activation").type not in fusable
   if unfused and not m.has("bypass"):
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
-                     settings.activation_spec(), report)
+                     settings.options.activation_spec(), report)
   if m.has("bypass"):
     add_ctx = context(m.op("bypass"))
     # Every reader gets the quantized tensor, not only the add (contrib rerouted the add
     # alone, so a conv output also read by the next block stayed float).
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
-                     settings.activation_spec(), report)
+                     settings.options.activation_spec(), report)
     if not m.has("activation") or unfused:
       _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
-                       settings.activation_spec(), report)
+                       settings.options.activation_spec(), report)
     elif len(view.consumers(m.tensor("bypass"))) > 1:
       # A sum read beside its ReLU (Xception's next shortcut) is a tensor of its own: the
       # converter quantizes an ADD only if every reader, the ReLU too, reads its FakeQuant.
       _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
-                       settings.activation_spec(), report)
+                       settings.options.activation_spec(), report)
     ctx = add_ctx
     last = m.op("bypass")
   if m.has("activation"):
@@ -145,10 +145,11 @@ def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
       concatenated.add(output)
     else:
       _quantize_output(view, output, join(ctx, "act_quant"), settings,
-                       settings.activation_spec(), report)
+                       settings.options.activation_spec(), report)
   if m.has("post_bypass"):
     _quantize_output(view, m.tensor("post_bypass"), join(context(m.op("post_bypass")),
-                     "post_activation_bypass_quant"), settings, settings.activation_spec(), report)
+                     "post_activation_bypass_quant"), settings, settings.options.activation_spec(),
+                     report)
   return report
 
 
@@ -162,15 +163,15 @@ def _quantize_weights(view, layer, kind, settings, quantized_weights, report):
     editor.replace_input(layer, kind.weight_input, quantized_weights[source])
     report.notes.append("weights shared with an earlier layer; one quantizer serves both")
     return
-  spec = settings.weight_spec()
+  spec = settings.options.weight_spec()
   per_channel_shape = kind.per_channel_shape(layer, weight.shape.as_list()) if spec.per_channel else None
   if spec.per_channel and per_channel_shape is None:
-    spec = settings.weight_spec(per_channel=False)
+    spec = settings.options.weight_spec(per_channel=False)
     report.notes.append("per-channel weights are not supported for %s; per-tensor used" % layer.type)
   scope = editor.unique_scope(layer.graph, join(context(layer), "weights_quant"))
   with layer.graph.as_default():
     quantized = fake_quant.fake_quantize(
-        weight, spec, scope, settings.training, per_channel_shape,
+        weight, spec, scope, settings.options.training, per_channel_shape,
         settings.delay_reached(scope + "activate_quant"), settings.use_resource)
   editor.replace_input(layer, kind.weight_input, quantized)
   quantized_weights[source] = quantized
@@ -182,13 +183,13 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None,
   """Inserts a quantizer on `tensor` for `consumers` (default: all), unless it has one or its
   `owner` op (default: the tensor's own) is out of scope. `nonnegative` defaults to whether
   `tensor` is a ReLU output."""
-  if not settings.in_scope(owner or tensor.op) or view.followed_by_fake_quant(tensor):
+  if not settings.options.in_scope(owner or tensor.op) or view.followed_by_fake_quant(tensor):
     return None
   consumers = view.consumers(tensor) if consumers is None else consumers
   graph = tensor.graph
   scope = editor.unique_scope(graph, name)
   with graph.as_default():
-    quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.training,
+    quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.options.training,
                                          delay_reached=settings.delay_reached(scope + "activate_quant"),
                                          use_resource=settings.use_resource,
                                          nonnegative=(tensor.op.type in RELU_TYPES
@@ -216,13 +217,13 @@ def _quantize_model_input(view, tensor, layer, settings, report):
   rescaling = _rescaling_chain(tensor)
   # Asymmetric whatever `symmetric` says: TFLite's int8 inputs have a zero point, and an
   # image in [0, 1] would lose a bit to a symmetric range.
-  spec = dataclasses.replace(settings.activation_spec(), symmetric=False)
+  spec = dataclasses.replace(settings.options.activation_spec(), symmetric=False)
   source = rescaling[0].inputs[0] if rescaling else tensor
   _quantize_output(view, source, join(context(layer), "input_quant"), settings, spec, report,
                    owner=layer)
   for op in rescaling:
     _quantize_output(view, op.outputs[0], join(op.name, "activation_%s_quant" % op.type),
-                     settings, settings.activation_spec(), report, owner=layer)
+                     settings, settings.options.activation_spec(), report, owner=layer)
 
 
 def _rescaling_chain(tensor):
@@ -249,7 +250,7 @@ def _quantize_generic_ops(graph, settings, layer_ops, concatenated):
   view = GraphView(graph)
   names, memo = [], {}
   for op in list(view.ops):
-    if (op in layer_ops or not settings.in_scope(op) or dropout_input(op) is not None
+    if (op in layer_ops or not settings.options.in_scope(op) or dropout_input(op) is not None
         or is_weight_unscale(op)):  # dropout runs in training only: its range would be too
       continue
     holder = LayerReport(layer=op.name, kind="output")
@@ -263,7 +264,7 @@ def _quantize_generic_ops(graph, settings, layer_ops, concatenated):
       target = sole_relu_consumer(op) or op  # an add fused with its ReLU is quantized after it
       if not view.followed_by_fake_quant(target.outputs[0]):
         _quantize_output(view, target.outputs[0], join(op.name, "activation_%s_quant" % op.type),
-                         settings, settings.activation_spec(), holder)
+                         settings, settings.options.activation_spec(), holder)
     names.extend(holder.quantizers)
   return names
 
@@ -280,7 +281,7 @@ def _quantize_pool(view, op, settings, memo, report):
   name = join(op.name, "activation_%s_quant" % op.type)
   if op.type == "Mean":
     if _pools(op) and _reaches_fake_quant(op.inputs[0], memo):
-      _quantize_output(view, output, name, settings, settings.activation_spec(), report)
+      _quantize_output(view, output, name, settings, settings.options.activation_spec(), report)
     return
   quantizer, delay = _input_quantizer(op.inputs[0])
   if quantizer is None:
@@ -291,7 +292,7 @@ def _quantize_pool(view, op, settings, memo, report):
   kernel = op.get_attr("ksize")
   with graph.as_default(), graph.name_scope(scope):
     nudged = pool_rounding.round_ties(output, quantizer, kernel[1] * kernel[2],
-                                      settings.pool_ties)
+                                      settings.options.pool_ties)
     quantized = fake_quant.fake_quantize_like(nudged, quantizer, scope)
     if delay is not None:  # float until the input's quantizer switches on
       quantized = tf.where(delay, quantized, output, name="delayed_quant")
@@ -302,7 +303,8 @@ def _quantize_pool(view, op, settings, memo, report):
 def _read_only_by_concats(view, tensor, settings):
   """True if every reader of `tensor` is a concat the rewrite quantizes (in scope)."""
   readers = view.consumers(tensor)
-  return bool(readers) and all(r.type in _CONCAT_TYPES and settings.in_scope(r) for r in readers)
+  return bool(readers) and all(r.type in _CONCAT_TYPES and settings.options.in_scope(r)
+                               for r in readers)
 
 
 def _quantize_concat(view, op, settings, memo, concatenated, report):
@@ -327,7 +329,7 @@ def _quantize_concat(view, op, settings, memo, concatenated, report):
   anchor = next((t for t in values if t not in concatenated), None)
   quantizer, delay = _input_quantizer(anchor) if anchor is not None else (None, None)
   if quantizer is None:
-    _quantize_output(view, output, name, settings, settings.activation_spec(), report,
+    _quantize_output(view, output, name, settings, settings.options.activation_spec(), report,
                      nonnegative=all(_nonnegative(t) for t in values))
     return
   consumers = view.consumers(output)
@@ -473,7 +475,7 @@ def _emulate_adds(graph, settings, dead):
   compute the runtime's integer ADD; returns how many."""
   count = 0
   for op in list(graph.get_operations()):
-    if (op.type not in ADD_TYPES or op in dead or not settings.in_scope(op)
+    if (op.type not in ADD_TYPES or op in dead or not settings.options.in_scope(op)
         or len(op.inputs) != 2 or pool_rounding.is_ties_nudge(op.name)
         or integer_requantize.is_emulation(op.name)):
       continue
@@ -488,7 +490,8 @@ def _emulate_adds(graph, settings, dead):
     with graph.as_default(), graph.name_scope(editor.unique_scope(graph, join(op.name,
                                                                                "requantize"))):
       emulated = integer_requantize.emulate_add(op, quantizers[0][0], quantizers[1][0],
-                                                activation, output, out_q, settings.requantize)
+                                                activation, output, out_q,
+                                                settings.options.requantize)
     if emulated is not None:
       editor.replace_input(reader, index, emulated)
       count += 1
@@ -563,7 +566,8 @@ def _lone_batch_norms(view, settings, layer_ops, folded_names):
   one may still feed a leftover op (a dense layer's Reshape back to 2-D): it is not lone."""
   return [FloatOp(op.name, op.type, "batch norm that does not follow a weight layer")
           for op in view.ops
-          if op.type in FUSED_BATCH_NORM_TYPES and op not in layer_ops and settings.in_scope(op)
+          if op.type in FUSED_BATCH_NORM_TYPES and op not in layer_ops
+          and settings.options.in_scope(op)
           and op.name not in folded_names and not view.is_dangling(op)]
 
 
@@ -573,10 +577,10 @@ def _unmatched_layers(view, matches, settings):
   for op in view.ops:
     if op in settings.excluded:
       float_ops.append(FloatOp(op.name, op.type, settings.excluded[op]))
-    elif op.type in LAYER_TYPES and not settings.in_scope(op):
+    elif op.type in LAYER_TYPES and not settings.options.in_scope(op):
       float_ops.append(FloatOp(op.name, op.type, "outside the requested scope"))
     elif op.type in LAYER_TYPES and op not in matched:
       float_ops.append(FloatOp(op.name, op.type, "no quantizable pattern matched"))
-    elif op.type in UNSUPPORTED_COMPUTE_TYPES and settings.in_scope(op):
+    elif op.type in UNSUPPORTED_COMPUTE_TYPES and settings.options.in_scope(op):
       float_ops.append(FloatOp(op.name, op.type, "%s is not a supported layer type" % op.type))
   return float_ops

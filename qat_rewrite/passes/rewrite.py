@@ -1,6 +1,5 @@
 """The pipeline every front end shares: check, fold batch norms, insert quantizers, report."""
 
-import functools
 import time
 
 from absl import logging
@@ -10,22 +9,7 @@ from qat_rewrite.passes import checks, lone_batch_norm, settings_record
 from qat_rewrite.passes.fold_batch_norm import (apply_folds, find_batch_norm_folds,
                                                 unscale_on_weights)
 from qat_rewrite.passes.insert_quantizers import Settings, insert_quantizers
-from qat_rewrite.quant import fake_quant, integer_requantize, pool_rounding
-from qat_rewrite.quant.spec import activation_spec, weight_spec
 from qat_rewrite.report import LEARNING_PHASE_COPY, FloatOp, QuantizeReport
-
-
-def _check_bits(name, value):
-  if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 16:
-    raise ValueError("%s must be an integer in 2..16 (FakeQuant's limits), got %r" % (name, value))
-
-
-def _check_delay(name, value):
-  if value is None:
-    return
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise ValueError("%s must be a non-negative integer number of steps or None, got %r"
-                     % (name, value))
 
 
 def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None,
@@ -51,7 +35,11 @@ def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None,
     checks.raise_conditional_batch_norm(next(iter(conditional.values())))
   notes = []
   if lone:
-    lone_batch_norm.add_unit_layers(graph, lone)
+    units = lone_batch_norm.add_unit_layers(graph, lone)
+    unit_ops = {op for name in units
+                for op in (graph.get_operation_by_name(name),
+                           graph.get_operation_by_name(name).inputs[1].op)}
+    in_scope = lambda op, outer=in_scope: outer(op) or op in unit_ops  # noqa: E731
     folds, unfoldable, folded_before = find_batch_norm_folds(GraphView(graph), in_scope)
     notes.append("%d batch norm(s) that follow no weight layer fold into a unit 1x1 depthwise "
                  "layer each (TFLite runs them as int8 DEPTHWISE_CONV_2D), e.g. %s"
@@ -101,58 +89,34 @@ def warn_if_nothing_quantized(report):
                     "report lists the compute ops left in float and why")
 
 
-def rewrite(graph, *args, **kwargs):
-  """Rewrites `graph` in place for quantization-aware training or evaluation.
-
-  See `_rewrite` for the arguments. New ops get absolute names, whatever name scope
-  the caller is in (contrib's testWithNameScope).
+def rewrite(graph, options):
+  """Rewrites `graph` in place for quantization-aware training or evaluation, as `options`
+  (a `RewriteOptions`) ask. Everything that can be refused is checked before the graph is
+  touched. New ops get absolute names, whatever name scope the caller is in (contrib's
+  testWithNameScope).
   """
   with graph.as_default(), graph.name_scope(None):
-    return _rewrite(graph, *args, **kwargs)
+    return _rewrite(graph, options)
 
 
-def _rewrite(graph, training, weight_bits=8, activation_bits=8, symmetric=False, quant_delay=None,
-            freeze_bn_delay=None, scope=None, per_channel=False, quantize_inputs=False,
-            pool_ties=pool_rounding.DEFAULT_RULE, requantize=integer_requantize.DEFAULT_MODE):
-  """Everything that can be refused is checked before the graph is touched."""
+def _rewrite(graph, options):
   started = time.perf_counter()
-  pool_rounding.check_rule(pool_ties)
-  integer_requantize.check_mode(requantize)
-  if training and requantize != integer_requantize.DEFAULT_MODE:
-    raise ValueError("requantize=%r is for eval graphs only (it emulates a runtime's integer "
-                     "arithmetic, which has no gradient): rewrite the training graph with "
-                     "requantize='float'" % (requantize,))
-  make_weight_spec = functools.partial(weight_spec, weight_bits, symmetric)
-  make_activation_spec = functools.partial(activation_spec, activation_bits, symmetric)
-  _check_bits("weight_bits", weight_bits)
-  _check_bits("activation_bits", activation_bits)
-  _check_delay("quant_delay", quant_delay)
-  _check_delay("freeze_bn_delay", freeze_bn_delay)
-  if scope is not None and not isinstance(scope, str):
-    raise ValueError("scope must be a string or None, got %r" % (scope,))
-  prefix = scope if not scope or scope.endswith("/") else scope + "/"
-  in_scope = lambda op: not prefix or op.name.startswith(prefix)  # noqa: E731
   settings_text = settings_record.describe(
-      target="quantize", weight_bits=weight_bits, activation_bits=activation_bits,
-      symmetric=symmetric, per_channel_weights=per_channel, quantize_inputs=bool(quantize_inputs))
+      target="quantize", weight_bits=options.weight_bits,
+      activation_bits=options.activation_bits, symmetric=options.symmetric,
+      per_channel_weights=options.per_channel, quantize_inputs=bool(options.quantize_inputs))
   settings_record.refuse_other_settings(graph, settings_text)
 
   report, folded, excluded, use_resource = fold_for_quantization(
-      graph, training, in_scope, freeze_bn_delay, fold_lone_batch_norms=True)
-  settings = Settings(
-      training=training,
-      weight_spec=lambda per_channel=per_channel: make_weight_spec(per_channel=per_channel),
-      activation_spec=make_activation_spec, in_scope=in_scope, excluded=excluded,
-      use_resource=use_resource, quantize_inputs=bool(quantize_inputs), pool_ties=pool_ties,
-      requantize=requantize,
-      delay_reached=lambda name: (fake_quant.step_reached(graph, quant_delay, name, use_resource)
-                                  if quant_delay else None))
+      graph, options.training, options.in_scope, options.freeze_bn_delay,
+      fold_lone_batch_norms=True)
+  settings = Settings(options=options, graph=graph, excluded=excluded, use_resource=use_resource)
   layers, others, float_ops = insert_quantizers(graph, settings, folded)
   unscale_on_weights(graph)
   report.layers, report.other_quantizers = layers, others
   report.float_ops.extend(float_ops)
   if layers or others:
-    settings_record.record(graph, settings_text, training, use_resource)
+    settings_record.record(graph, settings_text, options.training, use_resource)
   warn_if_nothing_quantized(report)
 
   logging.info("%s (%.2f s)", report.summary(), time.perf_counter() - started)

@@ -43,8 +43,10 @@ def rewrite(graph, config, training):
       if getattr(config, field):
         logging.warning("QuantizeConfig.%s only affects post-training quantization; ignored", field)
     scope = subgraph_ops(graph, config.input_nodes, config.output_nodes)
+    # A batch norm that follows no layer (ResNet v2's pre-activation) becomes a unit depthwise
+    # layer, so the DPU runs it as one (decent_q keeps it as a quantized Mul + BiasAdd).
     report, folded, excluded, use_resource = fold_for_quantization(
-        graph, training, lambda op: op in scope)
+        graph, training, lambda op: op in scope, fold_lone_batch_norms=True)
     # An output node that was a batch norm's last op now means the folded tensor.
     replaced = {name: tensor for name, tensor in replaced_outputs(graph).items()
                 if name in config.output_nodes}
