@@ -17,6 +17,7 @@ tensor it quantizes.
 """
 
 import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -28,8 +29,10 @@ from qat_rewrite.graph.view import (FAKE_QUANT_TYPES, RELU_TYPES, GraphView, con
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
+from qat_rewrite.passes import runtime_emulation
 from qat_rewrite.passes.fold_batch_norm import folded_away_ops
 from qat_rewrite.passes.options import RewriteOptions
+from qat_rewrite.passes.quantizer_grids import SAME_GRID_TYPES, input_quantizer, weight_quantizer
 from qat_rewrite.quant import fake_quant, integer_requantize, pool_rounding
 from qat_rewrite.report import FloatOp, LayerReport
 
@@ -39,10 +42,6 @@ _CHAIN_ROLES_LAST_FIRST = ("forced_updates", "bias", "fold_reshape_back", "folde
 _GENERIC_TYPES = ADD_TYPES + ("Mul",)
 _POOL_TYPES = ("AvgPool", "Mean")
 _CONCAT_TYPES = ("ConcatV2",)
-# Ops whose output values are input values, so an input quantizer's grid is also theirs
-# (Pad adds zeros, which every range holds).
-_SAME_GRID_TYPES = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "MaxPool", "Max",
-                              "BatchToSpaceND", "SpaceToBatchND", "Pad"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +93,8 @@ def insert_quantizers(graph, settings, folded):
     report.bias_quantized = _quantize_bias(m.op("layer"), m.op("bias"), m.tensor("bias_value"))
   # last: every quantizer is in place
   if settings.options.requantize != integer_requantize.DEFAULT_MODE:
-    dead = folded_away_ops(GraphView(graph))
-    for m, report in inputs:
-      _emulate_requantization(m.op("layer"), settings.options.requantize, report, dead)
-    _emulate_adds(graph, settings, dead)
+    runtime_emulation.emulate(graph, [(m.op("layer"), report) for m, report in inputs],
+                              settings.options.requantize, settings.options.in_scope)
   float_ops.extend(_lone_batch_norms(view, settings, layer_ops, set(folded.values())))
   return reports, others, float_ops
 
@@ -210,7 +207,7 @@ def _quantize_model_input(view, tensor, layer, settings, report):
   """With `quantize_inputs`, a layer reading a tensor no quantizer covers (the model input, or
   preprocessing of it) gets `<layer>/input_quant` on it: the int8 model is fed integers, and
   the layer's bias is then rounded to TFLite's grid too. Constants are left alone."""
-  if _input_quantizer(tensor)[0] is not None or _reaches_fake_quant(tensor, {}):
+  if input_quantizer(tensor)[0] is not None or _reaches_fake_quant(tensor, {}):
     return
   if constant_value(tensor) is not None:
     return
@@ -283,7 +280,7 @@ def _quantize_pool(view, op, settings, memo, report):
     if _pools(op) and _reaches_fake_quant(op.inputs[0], memo):
       _quantize_output(view, output, name, settings, settings.options.activation_spec(), report)
     return
-  quantizer, delay = _input_quantizer(op.inputs[0])
+  quantizer, delay = input_quantizer(op.inputs[0])
   if quantizer is None:
     return
   graph = op.graph
@@ -327,7 +324,7 @@ def _quantize_concat(view, op, settings, memo, concatenated, report):
     return
   name = join(op.name, "activation_%s_quant" % op.type)
   anchor = next((t for t in values if t not in concatenated), None)
-  quantizer, delay = _input_quantizer(anchor) if anchor is not None else (None, None)
+  quantizer, delay = input_quantizer(anchor) if anchor is not None else (None, None)
   if quantizer is None:
     _quantize_output(view, output, name, settings, settings.options.activation_spec(), report,
                      nonnegative=all(_nonnegative(t) for t in values))
@@ -347,7 +344,7 @@ def _nonnegative(tensor):
     return True
   if op.type in _CONCAT_TYPES:
     return all(_nonnegative(t) for t in op.inputs[:-1])
-  if op.type in _SAME_GRID_TYPES or op.type in FAKE_QUANT_TYPES:
+  if op.type in SAME_GRID_TYPES or op.type in FAKE_QUANT_TYPES:
     return bool(op.inputs) and _nonnegative(op.inputs[0])
   return False
 
@@ -358,7 +355,7 @@ def _quantize_on_input_grid(view, op, report):
   TFLite's converter quantized the pool for an AvgPool branch but left a conv reading it in
   float (Keras InceptionV3)."""
   output = op.outputs[0]
-  quantizer, delay = _input_quantizer(op.inputs[0])
+  quantizer, delay = input_quantizer(op.inputs[0])
   if quantizer is None or view.followed_by_fake_quant(output):
     return
   consumers = view.consumers(output)
@@ -376,8 +373,8 @@ def _quantize_bias(layer, bias_op, bias):
   Straight-through gradient; no variables. Returns False (the bias stays float) unless both
   the data input and the weights are on a known FakeQuant grid."""
   kind = kind_of(layer)
-  in_q, in_delay = _input_quantizer(layer.inputs[kind.data_input])
-  w_q, w_delay = _weight_quantizer(layer.inputs[kind.weight_input])
+  in_q, in_delay = input_quantizer(layer.inputs[kind.data_input])
+  w_q, w_delay = weight_quantizer(layer.inputs[kind.weight_input])
   if in_q is None or w_q is None or "/bias_quant" in bias.op.name:
     return False
   index = next(i for i, t in enumerate(bias_op.inputs)
@@ -391,148 +388,6 @@ def _quantize_bias(layer, bias_op, bias):
         delay)
   editor.replace_input(bias_op, index, quantized)
   return True
-
-
-def _emulate_requantization(layer, mode, report, dead):
-  """Feeds the output quantizer of `layer` its output as the runtime `mode` computes it in
-  integers (see qat_rewrite.quant.integer_requantize); a layer whose chain the emulation does
-  not cover keeps its float output and says why in `report.notes`. `dead`: folded-away ops."""
-  why = _requantization_chain(layer, dead)
-  if isinstance(why, str):
-    report.notes.append("output requantized in float32, not as %s: %s"
-                        % (integer_requantize.MODES[mode].runtime, why))
-    return
-  in_q, w_q, bias, activation, output, out_q, (reader, index) = why
-  kind = kind_of(layer)
-  graph = layer.graph
-  with graph.as_default(), graph.name_scope(editor.unique_scope(graph, join(context(layer),
-                                                                             "requantize"))):
-    emulated = integer_requantize.emulate_layer(layer, layer.inputs[kind.weight_input], in_q, w_q,
-                                                bias, activation, output, out_q, mode)
-  editor.replace_input(reader, index, emulated)
-
-
-def _requantization_chain(layer, dead):
-  """(input quantizer, weight quantizer, bias or None, "Relu"/"Relu6"/None, the tensor the
-  output quantizer reads, the output quantizer) of `layer`, or why the emulation skips it: it
-  covers layer -> [quantized bias] -> [ReLU/ReLU6] -> FakeQuant, 8 bits, without quant_delay."""
-  if layer.type not in integer_requantize.LAYER_TYPES:
-    return "%s is not emulated" % layer.type
-  if layer.type == "MatMul" and (layer.get_attr("transpose_a") or layer.get_attr("transpose_b")):
-    return "a transposed MatMul is not emulated"
-  kind = kind_of(layer)
-  in_q, in_delay = _input_quantizer(layer.inputs[kind.data_input])
-  w_q, w_delay = _weight_quantizer(layer.inputs[kind.weight_input])
-  if in_q is None or w_q is None:
-    return "its input or weights are not on a FakeQuant grid"
-  if in_delay is not None or w_delay is not None:
-    return "quant_delay switches its quantizers"
-  chain = _to_output_quantizer(layer.outputs[0], dead, with_bias=True)
-  if isinstance(chain, str):
-    return chain
-  bias, activation, output, out_q, target = chain
-  if any(q.get_attr("num_bits") != 8 for q in (in_q, w_q, out_q)):
-    return "not 8 bits"
-  return in_q, w_q, bias, activation, output, out_q, target
-
-
-def _to_output_quantizer(tensor, dead, with_bias):
-  """(bias or None, "Relu"/"Relu6"/None, the tensor that reaches the quantizer, the per-tensor
-  FakeQuant, (op, input index) where that tensor enters it or its concat) on the way
-  tensor -> [quantized bias] -> [ReLU/ReLU6] -> [concats] -> FakeQuant (Identity ops
-  anywhere), or why not."""
-  bias, activation = None, None
-  while True:
-    readers = [r for r in tensor.consumers() if r not in dead]
-    if len(readers) != 1:
-      return "%s has %d readers" % (tensor.op.name, len(readers))
-    reader = readers[0]
-    if reader.type == "FakeQuantWithMinMaxVars":
-      return bias, activation, tensor, reader, (reader, 0)
-    if reader.type in _CONCAT_TYPES:
-      # A branch TFLite requantizes straight onto its concat's grid (no range of its own),
-      # the outer concat's when only a concat reads this one.
-      after = [r for r in reader.outputs[0].consumers() if r not in dead]
-      while len(after) == 1 and after[0].type in _CONCAT_TYPES:
-        after = [r for r in after[0].outputs[0].consumers() if r not in dead]
-      if len(after) == 1 and after[0].type == "FakeQuantWithMinMaxVars":
-        index = next(i for i, t in enumerate(reader.inputs) if t is tensor)
-        return bias, activation, tensor, after[0], (reader, index)
-    others = [t for t in reader.inputs if t is not tensor]
-    if (with_bias and reader.type in ADD_TYPES + ("BiasAdd",) and bias is None
-        and activation is None and len(others) == 1
-        and any(p.startswith("bias_quant") for p in others[0].op.name.split("/"))):
-      bias = others[0]
-    elif reader.type in ("Relu", "Relu6") and activation is None:
-      activation = reader.type
-    elif reader.type != "Identity":  # TFLite drops an Identity
-      return "its output reaches its quantizer through %s (%s)" % (reader.name, reader.type)
-    tensor = reader.outputs[0]
-
-
-def _emulate_adds(graph, settings, dead):
-  """The residual and other two-input adds whose inputs and output are on 8-bit FakeQuant grids
-  compute the runtime's integer ADD; returns how many."""
-  count = 0
-  for op in list(graph.get_operations()):
-    if (op.type not in ADD_TYPES or op in dead or not settings.options.in_scope(op)
-        or len(op.inputs) != 2 or pool_rounding.is_ties_nudge(op.name)
-        or integer_requantize.is_emulation(op.name)):
-      continue
-    quantizers = [_input_quantizer(t) for t in op.inputs]
-    if any(q is None or delay is not None or q.get_attr("num_bits") != 8
-           for q, delay in quantizers):
-      continue
-    chain = _to_output_quantizer(op.outputs[0], dead, with_bias=False)
-    if isinstance(chain, str) or chain[3].get_attr("num_bits") != 8:
-      continue
-    _, activation, output, out_q, (reader, index) = chain
-    with graph.as_default(), graph.name_scope(editor.unique_scope(graph, join(op.name,
-                                                                               "requantize"))):
-      emulated = integer_requantize.emulate_add(op, quantizers[0][0], quantizers[1][0],
-                                                activation, output, out_q,
-                                                settings.options.requantize)
-    if emulated is not None:
-      editor.replace_input(reader, index, emulated)
-      count += 1
-  return count
-
-
-def _weight_quantizer(tensor):
-  """(the FakeQuant that quantizes a layer's weights, its delay condition or None), or (None, None)."""
-  delay = None
-  for _ in range(4):
-    op = tensor.op
-    if op.type in ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"):
-      return op, delay
-    if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
-      delay, tensor = op.inputs[0], op.inputs[1]
-    elif op.type == "Reshape" and op.name.endswith("per_channel_restore"):
-      tensor = op.inputs[0]
-    elif is_weight_unscale(op):
-      tensor = op.inputs[0]
-    else:
-      break
-  return None, None
-
-
-def _input_quantizer(tensor):
-  """(the FakeQuant whose grid `tensor` is on, its delay condition or None), or (None, None)."""
-  delay = None
-  while True:
-    op = tensor.op
-    if op.type == "FakeQuantWithMinMaxVars":
-      return op, delay
-    if op.type in FAKE_QUANT_TYPES:
-      return None, None  # per-channel or fixed ranges: weights, not activations
-    if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
-      delay, tensor = op.inputs[0], op.inputs[1]
-    elif op.type in _SAME_GRID_TYPES and op.inputs:
-      tensor = op.inputs[0]
-    elif dropout_input(op) is not None:  # eval reads the input itself
-      tensor = dropout_input(op)
-    else:
-      return None, None
 
 
 def _pools(mean):

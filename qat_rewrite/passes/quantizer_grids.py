@@ -1,0 +1,46 @@
+"""Which FakeQuant grid a tensor is on: what a bias, a pool, a concat or the runtime emulation
+needs to know of the quantizers already inserted."""
+
+from qat_rewrite.graph.view import FAKE_QUANT_TYPES, dropout_input, is_weight_unscale
+
+# Ops whose output values are input values, so an input quantizer's grid is also theirs
+# (Pad adds zeros, which every range holds).
+SAME_GRID_TYPES = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "MaxPool", "Max",
+                             "BatchToSpaceND", "SpaceToBatchND", "Pad"})
+
+
+def weight_quantizer(tensor):
+  """(the FakeQuant that quantizes a layer's weights, its delay condition or None), or (None, None)."""
+  delay = None
+  for _ in range(4):
+    op = tensor.op
+    if op.type in ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"):
+      return op, delay
+    if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
+      delay, tensor = op.inputs[0], op.inputs[1]
+    elif op.type == "Reshape" and op.name.endswith("per_channel_restore"):
+      tensor = op.inputs[0]
+    elif is_weight_unscale(op):
+      tensor = op.inputs[0]
+    else:
+      break
+  return None, None
+
+
+def input_quantizer(tensor):
+  """(the FakeQuant whose grid `tensor` is on, its delay condition or None), or (None, None)."""
+  delay = None
+  while True:
+    op = tensor.op
+    if op.type == "FakeQuantWithMinMaxVars":
+      return op, delay
+    if op.type in FAKE_QUANT_TYPES:
+      return None, None  # per-channel or fixed ranges: weights, not activations
+    if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
+      delay, tensor = op.inputs[0], op.inputs[1]
+    elif op.type in SAME_GRID_TYPES and op.inputs:
+      tensor = op.inputs[0]
+    elif dropout_input(op) is not None:  # eval reads the input itself
+      tensor = dropout_input(op)
+    else:
+      return None, None
