@@ -11,6 +11,7 @@ import tensorflow as tf
 from qat_rewrite import quantize
 from qat_rewrite.export import compare_tflite, to_tflite
 from qat_rewrite.passes import options
+from qat_rewrite.quant import integer_elementwise as ie
 from qat_rewrite.quant import integer_requantize as ir
 
 v1 = tf.compat.v1
@@ -74,8 +75,8 @@ def test_the_tf_ops_compute_the_formulas():
                           [0.5, 1.0, 1.0 - 2.0 ** -40, 2.0 ** -40]])
   accs = rng.randint(-2 ** 24, 2 ** 24, size=reals.shape).astype(np.int64)
   with tf.Graph().as_default(), v1.Session() as sess:
-    multiplier, shift = ir._tf_quantize_multiplier(tf.constant(reals, tf.float64))  # pylint: disable=protected-access
-    scaled, scaled_up = (ir._tf_multiply_by_quantized_multiplier(  # pylint: disable=protected-access
+    multiplier, shift = ir.tf_quantize_multiplier(tf.constant(reals, tf.float64))  # pylint: disable=protected-access
+    scaled, scaled_up = (ir.tf_multiply_by_quantized_multiplier(  # pylint: disable=protected-access
         tf.constant(accs), multiplier, shift, half_up=up) for up in (False, True))
     got_m, got_s, got, got_up = sess.run([multiplier, shift, scaled, scaled_up])
   want = [ir.quantize_multiplier(r) for r in reals]
@@ -88,12 +89,43 @@ def test_the_tf_ops_compute_the_formulas():
 
 def test_the_add_formulas_match_hand_computed_values():
   # Equal scales: a + b exactly, whatever the rounding.
-  assert list(ir.tflite_builtin_add([3, -4], [5, -6], 0.1, 0.1, 0.1)) == [8, -10]
-  assert list(ir.xnnpack_add([3, -4], [5, -6], 0.1, 0.1, 0.1)) == [8, -10]
+  assert list(ie.tflite_builtin_add([3, -4], [5, -6], 0.1, 0.1, 0.1)) == [8, -10]
+  assert list(ie.xnnpack_add([3, -4], [5, -6], 0.1, 0.1, 0.1)) == [8, -10]
   # Output scale twice the inputs': (3 + 2) / 2 = 2.5 -> 3 (builtin, half away from zero) and
   # 3 (XNNPACK, half up); -2.5 -> -3 and -2.
-  assert list(ir.tflite_builtin_add([3, -3], [2, -2], 0.1, 0.1, 0.2)) == [3, -3]
-  assert list(ir.xnnpack_add([3, -3], [2, -2], 0.1, 0.1, 0.2)) == [3, -2]
+  assert list(ie.tflite_builtin_add([3, -3], [2, -2], 0.1, 0.1, 0.2)) == [3, -3]
+  assert list(ie.xnnpack_add([3, -3], [2, -2], 0.1, 0.1, 0.2)) == [3, -2]
+
+
+def test_the_mul_formulas_match_hand_computed_values():
+  # 7·5 = 35 at s_a·s_b/s_out = 0.1: 3.5 -> 4 (builtin, away from zero) and 4 (XNNPACK, half to
+  # even); -3.5 -> -4 and -4; 2.5 -> 3 and 2.
+  assert list(ie.tflite_builtin_mul([7, -7, 5], [5, 5, 5], 0.5, 0.2, 1.0)) == [4, -4, 3]
+  assert list(ie.xnnpack_mul([7, -7, 5], [5, 5, 5], 0.5, 0.2, 1.0)) == [4, -4, 2]
+
+
+def test_the_mean_formulas_match_hand_computed_values():
+  # Two channels over a 2x2 map at equal scales: the means of [1, 3, -1, -3] and [2, 4, -2, -3]
+  # are 0 and 0.25. The builtin kernel rounds 0.25 twice (SaturatingRoundingDoublingHighMul to
+  # 0.5, then the shift away from zero) to 1.
+  x = np.array([1, 2, 3, 4, -1, -2, -3, -3], np.int64).reshape(1, 2, 2, 2)
+  assert ie.xnnpack_mean(x, 0.1, 0.1, keep_dims=False).tolist() == [[0, 0]]
+  assert ie.tflite_builtin_mean(x, 0, 0.1, 0.1, keep_dims=False).tolist() == [[0, 1]]
+  # Sums 6 and -6 over 4 (1.5 and -1.5): XNNPACK rounds both away from zero; the builtin keep_dims
+  # path shifts a channel outside its 16-wide vector loop away from zero too.
+  y = np.array([1, -1, 2, -2, 1, -1, 2, -2], np.int64).reshape(1, 2, 2, 2)
+  assert ie.xnnpack_mean(y, 0.1, 0.1, keep_dims=True).ravel().tolist() == [2, -2]
+  assert ie.tflite_builtin_mean(y, 0, 0.1, 0.1, keep_dims=True).ravel().tolist() == [2, -2]
+  # The same in 16 channels: the vector loop's shift rounds halves up, -1.5 -> -1.
+  wide = np.tile(y, (1, 1, 1, 8))
+  assert ie.tflite_builtin_mean(wide, 0, 0.1, 0.1, keep_dims=True).ravel().tolist()[:2] == [2, -1]
+
+
+def test_a_constant_operand_gets_the_converters_grid():
+  assert ie.constant_scale(3.0) == pytest.approx(3.0 / 255)
+  assert ie.constant_scale(-1.0) == pytest.approx(1.0 / 255)
+  assert ie.constant_scale([-1.0, 2.0]) == pytest.approx(3.0 / 255)
+  assert ie.constant_scale(0.0) is None
 
 
 def test_a_training_graph_or_an_unknown_mode_is_refused():
@@ -169,6 +201,50 @@ def _nested_concats(training):
                      name="out")
 
 
+def _hard_swish(x):
+  return x * (tf.nn.relu6(x + 3.0) * (1.0 / 6.0))
+
+
+def _mobilenet_v3_block(training):
+  """MobileNetV3's patterns as tf_keras writes them: Rescaling (x·c + d), conv+BN and
+  depthwise+BN with hard-swish, a squeeze-excite (a spatial mean kept 4-D, 1x1 convs, a hard
+  sigmoid, a broadcast multiply), then a 1x1 conv: every output of the last is compared."""
+  images = v1.placeholder(tf.float32, [None, 32, 32, 3], name="images")
+  init = v1.glorot_uniform_initializer(seed=3)
+  x = images * (1.0 / 127.5) + (-1.0)
+  x = v1.layers.conv2d(x, 16, 3, padding="same", use_bias=False, kernel_initializer=init,
+                       name="conv")
+  x = _hard_swish(v1.layers.batch_normalization(x, training=training, fused=True, name="bn"))
+  with v1.variable_scope("dw"):
+    kernel = v1.get_variable("depthwise_kernel", [3, 3, 16, 1], initializer=init)
+  y = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME")
+  y = _hard_swish(v1.layers.batch_normalization(y, training=training, fused=True,
+                                                name="dw_bn"))
+  se = tf.reduce_mean(y, [1, 2], keepdims=True)
+  se = v1.layers.conv2d(se, 8, 1, activation=tf.nn.relu, kernel_initializer=init, name="se_1")
+  se = v1.layers.conv2d(se, 16, 1, kernel_initializer=init, name="se_2")
+  y = y * (tf.nn.relu6(se + 3.0) * (1.0 / 6.0))
+  return tf.identity(v1.layers.conv2d(y, 16, 1, kernel_initializer=init, name="last"),
+                     name="out")
+
+
+def _pooled_head(training):
+  """A global average pool (a mean over an 8x8 map, not kept 4-D) summed with a branch through
+  a mean over a 1x1 map (an identity the converter drops), into a dense layer."""
+  del training
+  images = v1.placeholder(tf.float32, [None, 32, 32, 3], name="images")
+  init = v1.glorot_uniform_initializer(seed=4)
+  x = v1.layers.conv2d(images, 16, 4, strides=4, activation=tf.nn.relu, kernel_initializer=init,
+                       name="stem")
+  pooled = tf.reduce_mean(x, [1, 2])
+  m = v1.layers.conv2d(x, 16, 8, activation=tf.nn.relu, kernel_initializer=init, name="to_1x1")
+  se = tf.reduce_mean(m, [1, 2], keepdims=True)
+  se = v1.layers.conv2d(se, 16, 1, kernel_initializer=init, name="se")
+  summed = pooled + tf.reshape(se, [-1, 16])
+  return tf.identity(v1.layers.dense(summed, 64, kernel_initializer=init, name="dense"),
+                     name="out")
+
+
 IMAGES = np.random.RandomState(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
 
 
@@ -176,7 +252,7 @@ IMAGES = np.random.RandomState(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float3
 def trained(tmp_path_factory):
   """{build function: (directory, checkpoint)} after 20 range updates."""
   result = {}
-  for build in (_conv_block, _two_layers, _nested_concats):
+  for build in (_conv_block, _two_layers, _nested_concats, _mobilenet_v3_block, _pooled_head):
     directory = str(tmp_path_factory.mktemp(build.__name__.strip("_")))
     result[build] = directory, _train(directory, build, IMAGES)
   return result
@@ -236,4 +312,22 @@ def test_branches_of_nested_concats_agree_bit_for_bit_with_both_runtimes(trained
   emulated, _ = _agreements(_nested_concats, *trained[_nested_concats])
   for mode, agreement in emulated.items():
     assert agreement.elements == 4 * 32 * 32 * 16
+    assert agreement.equal_share == 1.0, (mode, agreement)
+
+
+def test_hard_swish_and_squeeze_excite_agree_bit_for_bit_with_both_runtimes(trained):
+  """The multiplies (by a constant, and two tensors broadcast), the adds of a constant with a
+  fused ReLU6 and the spatial mean compute each runtime's integer MUL, ADD and MEAN; the
+  float eval graph misses some."""
+  emulated, plain = _agreements(_mobilenet_v3_block, *trained[_mobilenet_v3_block])
+  for mode, agreement in emulated.items():
+    assert agreement.elements == 4 * 32 * 32 * 16
+    assert agreement.equal_share == 1.0, (mode, agreement)
+  assert min(a.equal_share for a in plain.values()) < 1.0, plain
+
+
+def test_a_global_pool_and_a_1x1_mean_agree_bit_for_bit_with_both_runtimes(trained):
+  emulated, _ = _agreements(_pooled_head, *trained[_pooled_head])
+  for mode, agreement in emulated.items():
+    assert agreement.elements == 4 * 64
     assert agreement.equal_share == 1.0, (mode, agreement)

@@ -2,6 +2,7 @@
 needs to know of the quantizers already inserted."""
 
 from qat_rewrite.graph.view import FAKE_QUANT_TYPES, dropout_input, is_weight_unscale
+from qat_rewrite.quant.integer_requantize import bypassed_quantizer_values
 
 # Ops whose output values are input values, so an input quantizer's grid is also theirs
 # (Pad adds zeros, which every range holds).
@@ -40,7 +41,11 @@ def input_quantizer(tensor):
       delay, tensor = op.inputs[0], op.inputs[1]
     elif op.type in SAME_GRID_TYPES and op.inputs:
       tensor = op.inputs[0]
+    elif op.type == "IdentityN":  # tf.nn.silu's custom gradient (Keras' swish)
+      tensor = op.inputs[tensor.value_index]
     elif dropout_input(op) is not None:  # eval reads the input itself
       tensor = dropout_input(op)
+    elif bypassed_quantizer_values(op) is not None:  # the runtime drops that quantizer
+      tensor = bypassed_quantizer_values(op)
     else:
       return None, None

@@ -1,25 +1,41 @@
-"""Eval graphs that compute as a TFLite runtime does: once every quantizer is in place, each
-layer's and two-input add's output quantizer is fed the output integers that runtime computes
-(`qat_rewrite.quant.integer_requantize`), for `requantize="xnnpack"|"tflite_builtin"`."""
+"""Eval graphs that compute as a TFLite runtime does: once every quantizer is in place, the
+output quantizer of each layer, add, multiply and spatial mean is fed the output integers that
+runtime computes (`qat_rewrite.quant.integer_requantize`, `integer_elementwise`), for
+`requantize="xnnpack"|"tflite_builtin"`."""
+
+import numpy as np
+import tensorflow as tf
 
 from qat_rewrite.graph import editor
-from qat_rewrite.graph.view import GraphView, context, join
+from qat_rewrite.graph.view import GraphView, constant_value, context, join
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES
 from qat_rewrite.passes.fold_batch_norm import folded_away_ops
 from qat_rewrite.passes.quantizer_grids import input_quantizer, weight_quantizer
-from qat_rewrite.quant import integer_requantize, pool_rounding
+from qat_rewrite.quant import integer_elementwise, integer_requantize, pool_rounding
 
 _CONCAT_TYPES = ("ConcatV2",)
+_ELEMENTWISE_TYPES = ADD_TYPES + ("Mul", "Mean")
+# Ops between an op and its output quantizer that leave the integers as they are (TFLite drops an
+# Identity and reshapes without requantizing).
+_VALUE_PRESERVING_TYPES = ("Identity", "Reshape", "Squeeze", "ExpandDims")
+# Readers of a tensor's shape only (Keras' Reshape reads the batch size so).
+_SHAPE_TYPES = ("Shape", "ShapeN", "Size", "Rank")
+# TFLite's LOGISTIC writes 8 bits on a fixed grid: 1/256, zero point -128.
+_SIGMOID_SCALE = 1.0 / 256.0
 
 
 def emulate(graph, layers, mode, in_scope):
   """`layers`: (layer op, its LayerReport) pairs; a layer the emulation does not cover says why
-  in its report's notes. Then the adds in scope."""
+  in its report's notes. Then the adds, multiplies and means in scope."""
   dead = folded_away_ops(GraphView(graph))
+  ops = graph.get_operations()
+  for op in ops:
+    if op not in dead and in_scope(op) and _passed_on(op) is not None:
+      _skip_output_quantizer(op, dead, mode)
   for layer, report in layers:
     _emulate_requantization(layer, mode, report, dead)
-  _emulate_adds(graph, mode, in_scope, dead)
+  _emulate_elementwise(graph, ops, mode, in_scope, dead)
 
 
 def _emulate_requantization(layer, mode, report, dead):
@@ -72,7 +88,7 @@ def _to_output_quantizer(tensor, dead, with_bias):
   anywhere), or why not."""
   bias, activation = None, None
   while True:
-    readers = [r for r in tensor.consumers() if r not in dead]
+    readers = [r for r in tensor.consumers() if r not in dead and r.type not in _SHAPE_TYPES]
     if len(readers) != 1:
       return "%s has %d readers" % (tensor.op.name, len(readers))
     reader = readers[0]
@@ -94,23 +110,22 @@ def _to_output_quantizer(tensor, dead, with_bias):
       bias = others[0]
     elif reader.type in ("Relu", "Relu6") and activation is None:
       activation = reader.type
-    elif reader.type != "Identity":  # TFLite drops an Identity
+    elif reader.type not in _VALUE_PRESERVING_TYPES:
       return "its output reaches its quantizer through %s (%s)" % (reader.name, reader.type)
     tensor = reader.outputs[0]
 
 
-def _emulate_adds(graph, mode, in_scope, dead):
-  """The residual and other two-input adds whose inputs and output are on 8-bit FakeQuant grids
-  compute the runtime's integer ADD; returns how many."""
+def _emulate_elementwise(graph, ops, mode, in_scope, dead):
+  """The adds, multiplies and means among `ops` (the graph's ops before any emulation) whose
+  inputs are on 8-bit FakeQuant grids or constants and whose output reaches an 8-bit FakeQuant
+  compute the runtime's integer ADD, MUL or MEAN; returns how many."""
   count = 0
-  for op in list(graph.get_operations()):
-    if (op.type not in ADD_TYPES or op in dead or not in_scope(op)
-        or len(op.inputs) != 2 or pool_rounding.is_ties_nudge(op.name)
-        or integer_requantize.is_emulation(op.name)):
+  for op in ops:
+    if (op.type not in _ELEMENTWISE_TYPES or op in dead or not in_scope(op)
+        or pool_rounding.is_ties_nudge(op.name) or _passed_on(op) is not None):
       continue
-    quantizers = [input_quantizer(t) for t in op.inputs]
-    if any(q is None or delay is not None or q.get_attr("num_bits") != 8
-           for q, delay in quantizers):
+    operands = _operands(op)
+    if operands is None:
       continue
     chain = _to_output_quantizer(op.outputs[0], dead, with_bias=False)
     if isinstance(chain, str) or chain[3].get_attr("num_bits") != 8:
@@ -118,10 +133,93 @@ def _emulate_adds(graph, mode, in_scope, dead):
     _, activation, output, out_q, (reader, index) = chain
     with graph.as_default(), graph.name_scope(editor.unique_scope(graph, join(op.name,
                                                                                "requantize"))):
-      emulated = integer_requantize.emulate_add(op, quantizers[0][0], quantizers[1][0],
-                                                activation, output, out_q,
-                                                mode)
-    if emulated is not None:
-      editor.replace_input(reader, index, emulated)
-      count += 1
+      if op.type == "Mean":
+        # A mean reshaped to 4-D is converted to a mean that keeps its dimensions.
+        keep_dims = op.get_attr("keep_dims") or output.shape.rank == 4
+        emulated = integer_elementwise.emulate_mean(op, operands[0], keep_dims, activation,
+                                                    output, out_q, mode)
+      else:
+        scales = [integer_requantize.converter_scale(q) if isinstance(q, tf.Operation)
+                  else tf.constant(q, tf.float64) for q in operands]
+        emulated = integer_elementwise.emulate_binary(op, scales, activation, output, out_q,
+                                                      mode)
+    editor.replace_input(reader, index, emulated)
+    count += 1
   return count
+
+
+def _passed_on(op):
+  """The input that `op` passes on unchanged, or None: a product with a constant 1 (Keras'
+  swish computes beta·x), a sum with a constant 0, a mean over a 1x1 map that keeps its
+  dimensions or is reshaped back to 4-D (one that drops them the converter keeps: a MEAN that
+  requantizes)."""
+  if op.type == "Mean":
+    shape = op.inputs[0].shape
+    if not (shape.rank == 4 and shape[1] == 1 and shape[2] == 1):
+      return None
+    readers = [r for r in op.outputs[0].consumers() if r.type not in _SHAPE_TYPES]
+    reshaped = (len(readers) == 1 and readers[0].type in _VALUE_PRESERVING_TYPES
+                and readers[0].outputs[0].shape.rank == 4)
+    return op.inputs[0] if op.get_attr("keep_dims") or reshaped else None
+  if op.type not in ADD_TYPES + ("Mul",) or len(op.inputs) != 2:
+    return None
+  neutral = 1.0 if op.type == "Mul" else 0.0
+  for i, tensor in enumerate(op.inputs):
+    value = constant_value(tensor)
+    if value is not None and np.size(value) == 1 and float(np.ravel(value)[0]) == neutral:
+      return op.inputs[1 - i]
+  return None
+
+
+def _skip_output_quantizer(op, dead, mode):
+  """An op that passes its input on unchanged is dropped by the converter, together with the
+  quantization of its output: the next op reads the input's integers. So the readers of the
+  FakeQuant that reads `op` read the input's values instead (through an emulation op, which
+  exports bypass and `input_quantizer` sees through)."""
+  chain = _to_output_quantizer(op.outputs[0], dead, with_bias=False)
+  if isinstance(chain, str) or chain[1] is not None or chain[4][0] is not chain[3]:
+    return  # an activation or a concat between them
+  graph, quantized = op.graph, chain[3].outputs[0]
+  inputs = [(c, i) for c in quantized.consumers() for i, t in enumerate(c.inputs)
+            if t is quantized]
+  with graph.as_default(), graph.name_scope(editor.unique_scope(graph, join(op.name,
+                                                                             "requantize"))):
+    values = tf.reshape(_passed_on(op), tf.shape(quantized))
+    skipped = integer_requantize.joined(quantized, values, mode)
+  for consumer, i in inputs:
+    editor.replace_input(consumer, i, skipped)
+
+
+def _operands(op):
+  """The grids of `op`'s inputs, each its 8-bit FakeQuant or a scale (a float: a constant's, or
+  the fixed grid of a sigmoid of a quantized tensor), or None if the emulation does not cover
+  `op`: a two-input add or multiply with at least one quantized input, or a mean over axes 1
+  and 2 of a quantized 4-D tensor of static shape."""
+  if op.type == "Mean":
+    shape = op.inputs[0].shape
+    axes = constant_value(op.inputs[1])
+    if (shape.rank != 4 or not shape[1:].is_fully_defined() or axes is None
+        or sorted(int(a) % 4 for a in np.ravel(axes)) != [1, 2]):
+      return None
+    grid = _quantized_grid(op.inputs[0])
+    return None if grid is None else [grid]
+  if len(op.inputs) != 2:
+    return None
+  grids = [_quantized_grid(t) for t in op.inputs]
+  if all(g is None for g in grids):
+    return None
+  for i, tensor in enumerate(op.inputs):
+    if grids[i] is None and tensor.op.type == "Sigmoid":
+      grids[i] = _SIGMOID_SCALE if _quantized_grid(tensor.op.inputs[0]) else None
+    elif grids[i] is None:
+      value = constant_value(tensor) if tensor.op.type == "Const" else None
+      grids[i] = None if value is None else integer_elementwise.constant_scale(value)
+  return None if any(g is None for g in grids) else grids
+
+
+def _quantized_grid(tensor):
+  """The 8-bit FakeQuant (without quant_delay) whose grid `tensor` is on, or None."""
+  quantizer, delay = input_quantizer(tensor)
+  if quantizer is None or delay is not None or quantizer.get_attr("num_bits") != 8:
+    return None
+  return quantizer

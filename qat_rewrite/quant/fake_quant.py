@@ -262,10 +262,16 @@ def scale_of(quantizer, name="scale"):
 
 def quantize_bias(bias, input_scale, weight_scale, delay_reached=None):
   """`bias` rounded to multiples of input_scale·weight_scale (TFLite's int32 bias grid), with a
-  straight-through gradient. A zero scale (an all-zero channel) keeps the float bias."""
+  straight-through gradient. A zero scale (an all-zero channel) keeps the float bias.
+
+  The quotient is rounded in double, as the converter rounds it: a bias of 10^5 steps or more
+  (a 1x1 map's squeeze-excite, tiny input and weight scales) is within float32's resolution of
+  a tie, where a float32 quotient lands on the other integer (MobileNetV3: 3 channels of 288).
+  """
   scale = tf.multiply(input_scale, weight_scale, name="bias_scale")
-  rounded = tf.round(tf.math.divide_no_nan(bias, scale)) * scale
-  rounded = tf.where(scale > 0.0, rounded, bias)
+  exact_scale = tf.cast(input_scale, tf.float64) * tf.cast(weight_scale, tf.float64)
+  steps = tf.round(tf.math.divide_no_nan(tf.cast(bias, tf.float64), exact_scale))
+  rounded = tf.where(scale > 0.0, tf.cast(steps * exact_scale, bias.dtype), bias)
   quantized = tf.add(bias, tf.stop_gradient(rounded - bias), name="quantized")
   if delay_reached is not None:
     quantized = tf.where(delay_reached, quantized, bias, name="delayed")

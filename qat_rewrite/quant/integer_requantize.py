@@ -20,9 +20,8 @@ rewritten with `requantize="xnnpack"` or `"tflite_builtin"` computes each emulat
        RoundingDivideByPOT rounds halves away from zero, which a fused ReLU hides);
   4. + the output zero point, clamped to int8 and to a fused ReLU/ReLU6, back to float on the
      output FakeQuant's grid, which follows unchanged.
-A two-input ADD of quantized tensors computes each runtime's integer ADD (`tflite_builtin_add`,
-`xnnpack_add`). MUL, MEAN and AVERAGE_POOL are not emulated (the pool's ties are:
-pool_rounding).
+ADD, MUL and MEAN have their own rules (`integer_elementwise`); AVERAGE_POOL is not emulated
+(its ties are: pool_rounding).
 
 The result joins the graph as `output + stop_gradient(emulated - output)` named
 `requantize_<mode>`: a straight-through gradient, and exports bypass it (`is_emulation`) as
@@ -144,7 +143,7 @@ def xnnpack_requantize(acc, scale):
 
 # The same in TF ops.
 
-def _tf_quantize_multiplier(real):
+def tf_quantize_multiplier(real):
   """(multiplier, shift), int64, of a positive float64 tensor, elementwise; frexp by its bits."""
   bits = tf.bitcast(real, tf.int64)
   exponent = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 52), 0x7FF) - 1022
@@ -160,7 +159,7 @@ def _tf_quantize_multiplier(real):
                                                                exponent)
 
 
-def _tf_multiply_by_quantized_multiplier(x, multiplier, shift, half_up=False):
+def tf_multiply_by_quantized_multiplier(x, multiplier, shift, half_up=False):
   """MultiplyByQuantizedMultiplier on int64 tensors holding int32 values (multiplier > 0)."""
   left, right = tf.maximum(shift, 0), tf.maximum(-shift, 0)
   product = tf.bitwise.left_shift(x, left) * multiplier
@@ -202,7 +201,7 @@ def converter_zero_point(quantizer):
   return unsigned - 2.0 ** (bits - 1)
 
 
-def _centred(tensor, scale):
+def centred(tensor, scale):
   """The integers q - zero point of `tensor`, on a grid of step `scale`, in float64."""
   return tf.round(tf.cast(tensor, tf.float64) / scale)
 
@@ -247,8 +246,8 @@ def emulate_layer(layer, weight, in_q, w_q, bias, activation, output, out_q, mod
   x = layer.inputs[0]
   with tf.name_scope("integer"):
     s_in, s_w, s_out = (converter_scale(q) for q in (in_q, w_q, out_q))
-    x_int = _centred(x, s_in)
-    w_int = _centred(w_q.outputs[0], s_w)
+    x_int = centred(x, s_in)
+    w_int = centred(w_q.outputs[0], s_w)
     if weight is not w_q.outputs[0]:
       w_int = tf.reshape(w_int, tf.shape(weight))
     acc = _accumulate(layer, x_int, w_int)
@@ -262,73 +261,30 @@ def emulate_layer(layer, weight, in_q, w_q, bias, activation, output, out_q, mod
       requantized = tf.cast(scaled, tf.float64)
     else:
       real = tf.cast(t_in, tf.float64) * tf.cast(t_w, tf.float64) / tf.cast(t_out, tf.float64)
-      multiplier, shift = _tf_quantize_multiplier(real + tf.zeros_like(s_w))
-      requantized = tf.cast(_tf_multiply_by_quantized_multiplier(
+      multiplier, shift = tf_quantize_multiplier(real + tf.zeros_like(s_w))
+      requantized = tf.cast(tf_multiply_by_quantized_multiplier(
           tf.cast(acc, tf.int64), multiplier, shift, half_up=True), tf.float64)
-    emulated = _to_output_grid(requantized, activation, out_q, t_out)
+    emulated = to_output_grid(requantized, activation, out_q, t_out)
+  return joined(output, emulated, mode)
+
+
+def joined(output, emulated, mode):
+  """`output` + stop_gradient(`emulated` - `output`), named as `mode`'s emulation op: the
+  emulated values forward, the float op's gradient backward."""
+  emulated = tf.reshape(emulated, tf.shape(output))  # a mean read through a reshape
   return tf.add(output, tf.stop_gradient(emulated - output), name=_PREFIX + mode)
 
 
-def tflite_builtin_add(a, b, scale_a, scale_b, scale_out):
-  """TFLite's builtin int8 ADD on centred integers a, b (q - zero point), before the output
-  zero point: each input shifted left by 20 and scaled by its own multiplier, the sum scaled
-  again, every step double-rounded (add.cc, the reference and optimized kernels alike)."""
-  twice_max = 2.0 * max(float(np.float32(scale_a)), float(np.float32(scale_b)))
-  m_a = quantize_multiplier(float(np.float32(scale_a)) / twice_max)
-  m_b = quantize_multiplier(float(np.float32(scale_b)) / twice_max)
-  m_out = quantize_multiplier(twice_max / ((1 << 20) * float(np.float32(scale_out))))
-  total = (multiply_by_quantized_multiplier(np.asarray(a, np.int64) << 20, *m_a)
-           + multiply_by_quantized_multiplier(np.asarray(b, np.int64) << 20, *m_b))
-  return multiply_by_quantized_multiplier(total, *m_out)
+def bypassed_quantizer_values(op):
+  """For an emulation op that `joined` put after a FakeQuant (the runtime drops that
+  quantization), the tensor whose values it carries instead; None for any other op."""
+  if not is_emulation(op.name) or not op.inputs[0].op.type.startswith("FakeQuant"):
+    return None
+  difference = op.inputs[1].op.inputs[0].op  # StopGradient(emulated - output)
+  return difference.inputs[0]
 
 
-def xnnpack_add(a, b, scale_a, scale_b, scale_out):
-  """XNNPACK's qs8 ADD on centred integers: multipliers of 21 bits from the float32 ratios
-  s_a/s_out and s_b/s_out, one rounding shift (half up)."""
-  ratio_a = np.float32(scale_a) / np.float32(scale_out)
-  ratio_b = np.float32(scale_b) / np.float32(scale_out)
-  shift = 20 - int(np.frexp(max(ratio_a, ratio_b))[1] - 1)
-  m_a, m_b = (int(np.rint(np.float32(r) * np.float32(2.0 ** shift))) for r in (ratio_a, ratio_b))
-  total = np.asarray(a, np.int64) * m_a + np.asarray(b, np.int64) * m_b + (1 << (shift - 1))
-  return total >> shift
-
-
-def _tf_exponent(value):
-  """floor(log2(value)) of a positive float32 tensor, by its bits (int64)."""
-  bits = tf.cast(tf.bitcast(value, tf.int32), tf.int64)
-  return tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 23), 0xFF) - 127
-
-
-def emulate_add(add, in_q1, in_q2, activation, output, out_q, mode):
-  """The sum `add` of two tensors on the grids of `in_q1` and `in_q2` as `mode`'s runtime adds
-  them in integers (see tflite_builtin_add and xnnpack_add), then `activation` and the output
-  as `emulate_layer` makes it."""
-  check_mode(mode)
-  with tf.name_scope("integer"):
-    s_1, s_2, s_out = (converter_scale(q) for q in (in_q1, in_q2, out_q))
-    a, b = (_centred(t, s) for t, s in zip(add.inputs, (s_1, s_2)))
-    t_1, t_2, t_out = (tf.cast(s, tf.float32) for s in (s_1, s_2, s_out))
-    if mode == "xnnpack":
-      ratio_1, ratio_2 = t_1 / t_out, t_2 / t_out
-      shift = 20 - _tf_exponent(tf.maximum(ratio_1, ratio_2))
-      power = tf.pow(tf.constant(2.0, tf.float64), tf.cast(shift, tf.float64))
-      m_1, m_2 = (tf.round(tf.cast(r, tf.float64) * power) for r in (ratio_1, ratio_2))
-      total = tf.cast(a * m_1 + b * m_2, tf.int64) + tf.bitwise.left_shift(
-          tf.constant(1, tf.int64), shift - 1)
-      summed = tf.bitwise.right_shift(total, shift)
-    else:
-      d_1, d_2, d_out = (tf.cast(t, tf.float64) for t in (t_1, t_2, t_out))
-      twice_max = 2.0 * tf.maximum(d_1, d_2)
-      m_1, m_2, m_out = (_tf_quantize_multiplier(r) for r in (
-          d_1 / twice_max, d_2 / twice_max, twice_max / (2.0 ** 20 * d_out)))
-      scaled = [_tf_multiply_by_quantized_multiplier(tf.cast(v, tf.int64) * (1 << 20), *m)
-                for v, m in ((a, m_1), (b, m_2))]
-      summed = _tf_multiply_by_quantized_multiplier(scaled[0] + scaled[1], *m_out)
-    emulated = _to_output_grid(tf.cast(summed, tf.float64), activation, out_q, t_out)
-  return tf.add(output, tf.stop_gradient(emulated - output), name=_PREFIX + mode)
-
-
-def _to_output_grid(requantized, activation, out_q, t_out):
+def to_output_grid(requantized, activation, out_q, t_out):
   """Requantized integers (before the zero point) -> + zero point, clamped, back to float."""
   zero_point = converter_zero_point(out_q)
   low, high = _activation_bounds(activation, out_q, zero_point, t_out)
