@@ -245,6 +245,34 @@ def _pooled_head(training):
                      name="out")
 
 
+def _swish_block(training):
+  """Keras' swish x·sigmoid(beta·x) with beta 1: the converter drops beta·x and its quantizer,
+  and LOGISTIC writes on a fixed grid; then a 1x1 conv."""
+  images = v1.placeholder(tf.float32, [None, 32, 32, 3], name="images")
+  init = v1.glorot_uniform_initializer(seed=5)
+  x = v1.layers.conv2d(images, 16, 3, padding="same", use_bias=False, kernel_initializer=init,
+                       name="conv")
+  x = v1.layers.batch_normalization(x, training=training, fused=True, name="bn")
+  x = x * tf.sigmoid(tf.multiply(tf.constant(1.0), x, name="beta_x"))
+  return tf.identity(v1.layers.conv2d(x, 16, 1, kernel_initializer=init, name="last"),
+                     name="out")
+
+
+def _widened(build, directory, checkpoint, prefix, factor):
+  """A copy of `checkpoint` with the range of the quantizers under `prefix` widened `factor`
+  times (training may leave an identity's range apart from its input's, as in EfficientNet)."""
+  with tf.Graph().as_default() as graph:
+    build(True)
+    quantize.experimental_create_training_graph(graph, **OPTIONS)
+    with v1.Session() as sess:
+      saver = v1.train.Saver()
+      saver.restore(sess, checkpoint)
+      for variable in v1.global_variables():
+        if variable.op.name.startswith(prefix) and variable.op.name.endswith(("/min", "/max")):
+          sess.run(variable.assign(variable * factor))
+      return saver.save(sess, os.path.join(directory, "widened.ckpt"))
+
+
 IMAGES = np.random.RandomState(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
 
 
@@ -252,7 +280,8 @@ IMAGES = np.random.RandomState(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float3
 def trained(tmp_path_factory):
   """{build function: (directory, checkpoint)} after 20 range updates."""
   result = {}
-  for build in (_conv_block, _two_layers, _nested_concats, _mobilenet_v3_block, _pooled_head):
+  for build in (_conv_block, _two_layers, _nested_concats, _mobilenet_v3_block, _pooled_head,
+                _swish_block):
     directory = str(tmp_path_factory.mktemp(build.__name__.strip("_")))
     result[build] = directory, _train(directory, build, IMAGES)
   return result
@@ -331,3 +360,18 @@ def test_a_global_pool_and_a_1x1_mean_agree_bit_for_bit_with_both_runtimes(train
   for mode, agreement in emulated.items():
     assert agreement.elements == 4 * 64
     assert agreement.equal_share == 1.0, (mode, agreement)
+
+
+def test_a_quantizer_the_converter_drops_with_its_identity_is_skipped(trained):
+  """beta·x with beta 1 gets a quantizer of its own; the converter drops both, so LOGISTIC reads
+  x's integers. With that quantizer's range set 1.5 times wider than x's, the emulating graphs
+  still agree bit for bit, and the float32 eval graph, which applies it, does not."""
+  directory, checkpoint = trained[_swish_block]
+  graph, report = _eval_graph(_swish_block, "float")
+  assert "beta_x/activation_Mul_quant" in report.other_quantizers
+  widened = _widened(_swish_block, directory, checkpoint, "beta_x/activation_Mul_quant", 1.5)
+  emulated, plain = _agreements(_swish_block, directory, widened)
+  for mode, agreement in emulated.items():
+    assert agreement.elements == 4 * 32 * 32 * 16
+    assert agreement.equal_share == 1.0, (mode, agreement)
+  assert max(a.equal_share for a in plain.values()) < 0.99, plain
