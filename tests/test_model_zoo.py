@@ -44,12 +44,12 @@ NEEDS_INPUT_RANGES = {"EfficientNetB0"}
 # (conv, depthwise, dense, ADD, MUL, MEAN, and pools' ties), so its int8 logits equal TFLite's
 # (issue 13).
 BIT_EXACT = {"inception_v1", "inception_v2", "inception_v3", "resnet_v1_50", "resnet_v2_50",
-             "ResNet50V2", "alexnet_v2", "MobileNetV3Small", "EfficientNetB0"}
-# Squeeze-excite convs on small maps hold biases of 10^5 steps and more, and on one in about 10^4
-# channels within 0.01 of a tie the converter rounds the int32 bias to the other integer than
-# its float value says (not understood: a float bias constant converts to the nearest integer).
-# Such a flip reached one activation in some runs; 2 of the 40 logits are allowed for it.
-BIAS_TIE_SHARE = {"MobileNetV3Small": 0.95, "EfficientNetB0": 0.95}
+             "ResNet50V2", "alexnet_v2", "MobileNetV3Small", "EfficientNetB0", "Xception"}
+# Asserted since 2026-12-06, after one or two clean runs each: squeeze-excite and 1x1 convs on
+# small maps hold int32 biases of 10^5 steps, where the eval graph's rounding met the
+# converter's only once both used double scales (fake_quant.quantize_bias). Until more runs
+# say that holds, 2 of the 40 logits may be off by 1 LSB.
+NEWLY_BIT_EXACT_SHARE = {"MobileNetV3Small": 0.95, "EfficientNetB0": 0.95, "Xception": 0.95}
 
 
 # The flags each subject's flow runs with; conftest.py starts the selected ones at collection.
@@ -90,15 +90,15 @@ def test_exports_a_fully_integer_tflite_model(flow):
     return
   assert tflite["fully_integer"], tflite.get("error")
   # Each runtime against the eval graph that emulates its requantization (requantize=
-  # "xnnpack" / "tflite_builtin"): bit-exact where every op on the way is emulated. The nets
-  # outside BIT_EXACT hold XNNPACK's average pool (Keras InceptionV3) or were not measured
-  # since the emulation covers their ops (Xception): there the figures are measured, not
-  # asserted. The README's Model zoo table quotes both.
+  # "xnnpack" / "tflite_builtin"): bit-exact where every op on the way is emulated. Keras
+  # InceptionV3, outside BIT_EXACT, holds average pools the emulation covers for the builtin
+  # kernels only: there the figures are measured, not asserted. The README's Model zoo table
+  # quotes both.
   for kernels in ("xnnpack", "builtin"):
     emulated, plain = tflite[kernels], tflite["float_eval"][kernels]
     assert 0.0 <= plain["equal_share"] <= 1.0, plain
     if flow["model"] in BIT_EXACT:
-      share = BIAS_TIE_SHARE.get(flow["model"], 0.99)
+      share = NEWLY_BIT_EXACT_SHARE.get(flow["model"], 0.99)
       assert emulated["equal_share"] >= share and emulated["max_lsb"] <= 1, (kernels, emulated)
 
 

@@ -281,3 +281,23 @@ def test_pool_ties_round_by_the_rule_and_nothing_else_moves(rule, low, high):
 def test_pool_ties_rule_must_be_known():
   with pytest.raises(ValueError, match="pool_ties must be one of away_from_zero, to_even"):
     pool_rounding.check_rule("half_up")
+
+
+def test_a_bias_near_a_tie_rounds_as_the_converter_does():
+  """A bias 10^5 steps long within 0.01 of a tie (squeeze-excite convs on small maps): its
+  integer is round(bias / (s_in·s_w)) with the converter's double steps, which float32
+  arithmetic misses."""
+  w_max = np.array([0.0253, 0.0311, 0.0187], np.float32)
+  s_in = (np.float64(np.float32(0.7)) - np.float64(np.float32(-0.7))) / 255
+  s_exact = s_in * (2 * w_max.astype(np.float64) / 254)
+  bias = (np.array([104838.4966, -87445.4929, 65551.5018]) * s_exact).astype(np.float32)
+  want = np.round(bias.astype(np.float64) / s_exact)
+  float32_scale = np.float32(1.4) / np.float32(255) * (2 * w_max / np.float32(254))
+  float32_steps = np.round(bias / float32_scale)
+  assert (float32_steps != want).any()  # the case the double arithmetic is for
+  with tf.Graph().as_default(), v1.Session() as sess:
+    in_q = tf.quantization.fake_quant_with_min_max_vars(tf.zeros([2]), -0.7, 0.7).op
+    w_q = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        tf.zeros([1, 3]), -w_max, w_max, narrow_range=True).op
+    quantized = sess.run(fake_quant.quantize_bias(tf.constant(bias), in_q, w_q))
+  assert np.round(quantized.astype(np.float64) / s_exact).tolist() == want.tolist()

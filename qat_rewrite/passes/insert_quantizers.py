@@ -383,9 +383,7 @@ def _quantize_bias(layer, bias_op, bias):
   scope = editor.unique_scope(graph, join(context(layer), "bias_quant"))
   delay = w_delay if w_delay is not None else in_delay
   with graph.as_default(), graph.name_scope(scope):
-    quantized = fake_quant.quantize_bias(
-        bias, fake_quant.scale_of(in_q, "input_scale"), fake_quant.scale_of(w_q, "weight_scale"),
-        delay)
+    quantized = fake_quant.quantize_bias(bias, in_q, w_q, delay)
   editor.replace_input(bias_op, index, quantized)
   return True
 

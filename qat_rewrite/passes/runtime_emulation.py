@@ -1,7 +1,7 @@
 """Eval graphs that compute as a TFLite runtime does: once every quantizer is in place, the
-output quantizer of each layer, add, multiply and spatial mean is fed the output integers that
-runtime computes (`qat_rewrite.quant.integer_requantize`, `integer_elementwise`), for
-`requantize="xnnpack"|"tflite_builtin"`."""
+output quantizer of each layer, add, multiply, spatial mean and ReLU is fed the output
+integers that runtime computes (`qat_rewrite.quant.integer_requantize`, `integer_elementwise`),
+for `requantize="xnnpack"|"tflite_builtin"`."""
 
 import numpy as np
 import tensorflow as tf
@@ -15,7 +15,7 @@ from qat_rewrite.passes.quantizer_grids import input_quantizer, weight_quantizer
 from qat_rewrite.quant import integer_elementwise, integer_requantize, pool_rounding
 
 _CONCAT_TYPES = ("ConcatV2",)
-_ELEMENTWISE_TYPES = ADD_TYPES + ("Mul", "Mean")
+_ELEMENTWISE_TYPES = ADD_TYPES + ("Mul", "Mean", "Relu", "Relu6")
 # Ops between an op and its output quantizer that leave the integers as they are (TFLite drops an
 # Identity and reshapes without requantizing).
 _VALUE_PRESERVING_TYPES = ("Identity", "Reshape", "Squeeze", "ExpandDims")
@@ -116,9 +116,9 @@ def _to_output_quantizer(tensor, dead, with_bias):
 
 
 def _emulate_elementwise(graph, ops, mode, in_scope, dead):
-  """The adds, multiplies and means among `ops` (the graph's ops before any emulation) whose
-  inputs are on 8-bit FakeQuant grids or constants and whose output reaches an 8-bit FakeQuant
-  compute the runtime's integer ADD, MUL or MEAN; returns how many."""
+  """The adds, multiplies, means and ReLUs among `ops` (the graph's ops before any emulation)
+  whose inputs are on 8-bit FakeQuant grids or constants and whose output reaches an 8-bit
+  FakeQuant compute the runtime's integer ADD, MUL, MEAN or RELU; returns how many."""
   count = 0
   for op in ops:
     if (op.type not in _ELEMENTWISE_TYPES or op in dead or not in_scope(op)
@@ -133,7 +133,9 @@ def _emulate_elementwise(graph, ops, mode, in_scope, dead):
     _, activation, output, out_q, (reader, index) = chain
     with graph.as_default(), graph.name_scope(editor.unique_scope(graph, join(op.name,
                                                                                "requantize"))):
-      if op.type == "Mean":
+      if op.type in ("Relu", "Relu6"):
+        emulated = integer_elementwise.emulate_relu(op, operands[0], output, out_q, mode)
+      elif op.type == "Mean":
         # A mean reshaped to 4-D is converted to a mean that keeps its dimensions.
         keep_dims = op.get_attr("keep_dims") or output.shape.rank == 4
         emulated = integer_elementwise.emulate_mean(op, operands[0], keep_dims, activation,
@@ -177,8 +179,9 @@ def _skip_output_quantizer(op, dead, mode):
   FakeQuant that reads `op` read the input's values instead (through an emulation op, which
   exports bypass and `input_quantizer` sees through)."""
   chain = _to_output_quantizer(op.outputs[0], dead, with_bias=False)
-  if isinstance(chain, str) or chain[1] is not None or chain[4][0] is not chain[3]:
-    return  # an activation or a concat between them
+  if (isinstance(chain, str) or chain[1] is not None or chain[4][0] is not chain[3]
+      or _quantized_grid(_passed_on(op)) is None):
+    return  # an activation or a concat between them, or a float input
   graph, quantized = op.graph, chain[3].outputs[0]
   inputs = [(c, i) for c in quantized.consumers() for i, t in enumerate(c.inputs)
             if t is quantized]
@@ -193,8 +196,11 @@ def _skip_output_quantizer(op, dead, mode):
 def _operands(op):
   """The grids of `op`'s inputs, each its 8-bit FakeQuant or a scale (a float: a constant's, or
   the fixed grid of a sigmoid of a quantized tensor), or None if the emulation does not cover
-  `op`: a two-input add or multiply with at least one quantized input, or a mean over axes 1
-  and 2 of a quantized 4-D tensor of static shape."""
+  `op`: a two-input add or multiply with at least one quantized input, a mean over axes 1
+  and 2 of a quantized 4-D tensor of static shape, or a ReLU of a quantized tensor."""
+  if op.type in ("Relu", "Relu6"):
+    grid = _quantized_grid(op.inputs[0])
+    return None if grid is None else [grid]
   if op.type == "Mean":
     shape = op.inputs[0].shape
     axes = constant_value(op.inputs[1])

@@ -256,20 +256,35 @@ def fake_quantize_like(x, quantizer, scope, delay_reached=None):
 def scale_of(quantizer, name="scale"):
   """The grid step of a FakeQuantWithMinMaxVars(PerChannel) op: (max − min)/(qmax − qmin). Nudging
   shifts min and max together, so it keeps this step; TFLite's converter uses the same scale."""
-  levels = 2 ** quantizer.get_attr("num_bits") - (2 if quantizer.get_attr("narrow_range") else 1)
-  return tf.divide(quantizer.inputs[2] - quantizer.inputs[1], float(levels), name=name)
+  return tf.divide(quantizer.inputs[2] - quantizer.inputs[1], float(levels(quantizer)), name=name)
 
 
-def quantize_bias(bias, input_scale, weight_scale, delay_reached=None):
-  """`bias` rounded to multiples of input_scale·weight_scale (TFLite's int32 bias grid), with a
-  straight-through gradient. A zero scale (an all-zero channel) keeps the float bias.
+def converter_scale(quantizer):
+  """The grid step of a FakeQuantWithMinMaxVars(PerChannel) op as TFLite's converter computes
+  it: (max - min)/(qmax - qmin) in double from the float32 range (the file stores its
+  float32), a float64 tensor."""
+  low, high = (tf.cast(t, tf.float64) for t in quantizer.inputs[1:3])
+  return (high - low) / float(levels(quantizer))
 
-  The quotient is rounded in double, as the converter rounds it: a bias of 10^5 steps or more
-  (a 1x1 map's squeeze-excite, tiny input and weight scales) is within float32's resolution of
-  a tie, where a float32 quotient lands on the other integer (MobileNetV3: 3 channels of 288).
+
+def levels(quantizer):
+  """qmax - qmin of a FakeQuant op: 255 or, narrow, 254 at 8 bits."""
+  return 2 ** quantizer.get_attr("num_bits") - (2 if quantizer.get_attr("narrow_range") else 1)
+
+
+def quantize_bias(bias, input_quantizer, weight_quantizer, delay_reached=None):
+  """`bias` rounded to multiples of s_in·s_w, the steps of the FakeQuant ops `input_quantizer`
+  and `weight_quantizer` (TFLite's int32 bias grid), with a straight-through gradient. A zero
+  scale (an all-zero channel) keeps the float bias.
+
+  The integer is round(bias / (s_in·s_w)) with both steps and the quotient in double, as the
+  converter computes it: a bias of 10^5 steps or more (squeeze-excite convs on small maps, tiny
+  input and weight scales) is within float32's resolution of a tie, where float32 arithmetic
+  lands on the other integer (MobileNetV3, Xception: 2 or 3 channels of a few hundred).
   """
-  scale = tf.multiply(input_scale, weight_scale, name="bias_scale")
-  exact_scale = tf.cast(input_scale, tf.float64) * tf.cast(weight_scale, tf.float64)
+  scale = tf.multiply(scale_of(input_quantizer, "input_scale"),
+                      scale_of(weight_quantizer, "weight_scale"), name="bias_scale")
+  exact_scale = converter_scale(input_quantizer) * converter_scale(weight_quantizer)
   steps = tf.round(tf.math.divide_no_nan(tf.cast(bias, tf.float64), exact_scale))
   rounded = tf.where(scale > 0.0, tf.cast(steps * exact_scale, bias.dtype), bias)
   quantized = tf.add(bias, tf.stop_gradient(rounded - bias), name="quantized")

@@ -10,9 +10,12 @@ op against the interpreter on MobileNetV3's 57 MULs, 36 ADDs and 6 MEANs:
         float32 ratios s_a/s_out and s_b/s_out, one rounding shift, halves up.
   MUL   builtin: MultiplyByQuantizedMultiplier(a·b, s_a·s_b/s_out in double), halves away from
         zero; XNNPACK: float32(a·b)·(s_a·s_b/s_out in float32), rounded half to even.
-  MEAN  (over height and width) builtin: the sum of the centred inputs times
-        s_in/(n·s_out) by MultiplyByQuantizedMultiplier; XNNPACK: in float32, rounded half to
-        even.
+  MEAN  (over height and width) builtin: the sum times s_in/(n·s_out) by
+        MultiplyByQuantizedMultiplier (tflite_builtin_mean); XNNPACK: in float32, rounded half
+        away from zero.
+  RELU  (a ReLU between two quantizers, on Xception's residual sums) both: the input
+        requantized by MultiplyByQuantizedMultiplier(s_in/s_out, float32), halves away from
+        zero, then clamped (measured on Xception's 11 RELUs, where no value fell on a tie).
 The numpy functions are the runtimes' formulas, beside their TF versions for tests.
 """
 
@@ -210,4 +213,25 @@ def emulate_mean(mean, in_q, keep_dims, activation, output, out_q, mode):
     else:
       result = _tf_builtin_mean(x, ir.converter_zero_point(in_q), s_in, s_out, keep_dims)
     emulated = ir.to_output_grid(result, activation, out_q, tf.cast(s_out, tf.float32))
+  return ir.joined(output, emulated, mode)
+
+
+def tflite_relu(x, scale_in, scale_out):
+  """TFLite's int8 RELU between two grids, before the output zero point and the clamp: the
+  centred input by MultiplyByQuantizedMultiplier(s_in/s_out, float32), halves away from zero."""
+  real = float(np.float32(scale_in) / np.float32(scale_out))
+  return ir.multiply_by_quantized_multiplier(x, *ir.quantize_multiplier(real))
+
+
+def emulate_relu(relu, in_q, output, out_q, mode):
+  """The ReLU or ReLU6 `relu` of a tensor on the grid of `in_q`, whose output `out_q`
+  quantizes on a grid of its own, as the runtime requantizes and clamps it (tflite_relu)."""
+  ir.check_mode(mode)
+  with tf.name_scope("integer"):
+    s_in, s_out = ir.converter_scale(in_q), ir.converter_scale(out_q)
+    t_in, t_out = tf.cast(s_in, tf.float32), tf.cast(s_out, tf.float32)
+    x = tf.cast(ir.centred(relu.inputs[0], s_in), tf.int64)
+    result = ir.tf_multiply_by_quantized_multiplier(
+        x, *ir.tf_quantize_multiplier(tf.cast(t_in / t_out, tf.float64)))
+    emulated = ir.to_output_grid(tf.cast(result, tf.float64), relu.type, out_q, t_out)
   return ir.joined(output, emulated, mode)

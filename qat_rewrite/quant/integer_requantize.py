@@ -35,6 +35,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from qat_rewrite.quant import fake_quant
+
 _PREFIX = "requantize_"
 
 Mode = collections.namedtuple("Mode", "runtime delegates")
@@ -180,15 +182,7 @@ def _range(quantizer):
   return low, high
 
 
-def _levels(quantizer):
-  return 2 ** quantizer.get_attr("num_bits") - (2 if quantizer.get_attr("narrow_range") else 1)
-
-
-def converter_scale(quantizer):
-  """The scale the converter computes for a FakeQuant op, in float64: (max - min)/levels;
-  the .tflite file stores its float32."""
-  low, high = _range(quantizer)
-  return (high - low) / float(_levels(quantizer))
+converter_scale = fake_quant.converter_scale
 
 
 def converter_zero_point(quantizer):
@@ -289,5 +283,5 @@ def to_output_grid(requantized, activation, out_q, t_out):
   zero_point = converter_zero_point(out_q)
   low, high = _activation_bounds(activation, out_q, zero_point, t_out)
   integers = tf.clip_by_value(requantized + zero_point, low, high)
-  step = tf.cast(out_q.inputs[2] - out_q.inputs[1], tf.float32) / float(_levels(out_q))
+  step = tf.cast(out_q.inputs[2] - out_q.inputs[1], tf.float32) / float(fake_quant.levels(out_q))
   return tf.cast(integers - zero_point, tf.float32) * step
