@@ -121,6 +121,12 @@ def test_the_mean_formulas_match_hand_computed_values():
   assert ie.tflite_builtin_mean(wide, 0, 0.1, 0.1, keep_dims=True).ravel().tolist()[:2] == [2, -1]
 
 
+def test_the_relu_formula_rounds_twice_below_a_half():
+  # s_in/s_out = 0.25: 1 -> 0.25 -> 1 (SaturatingRoundingDoublingHighMul gives 0.5, the shift
+  # rounds it away from zero), 2 -> 0.5 -> 1, -2 -> -1, 4 -> 1.
+  assert ie.tflite_relu([1, 2, -2, 4], 0.1, 0.4).tolist() == [1, 1, -1, 1]
+
+
 def test_a_constant_operand_gets_the_converters_grid():
   assert ie.constant_scale(3.0) == pytest.approx(3.0 / 255)
   assert ie.constant_scale(-1.0) == pytest.approx(1.0 / 255)

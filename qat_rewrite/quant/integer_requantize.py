@@ -20,7 +20,7 @@ rewritten with `requantize="xnnpack"` or `"tflite_builtin"` computes each emulat
        RoundingDivideByPOT rounds halves away from zero, which a fused ReLU hides);
   4. + the output zero point, clamped to int8 and to a fused ReLU/ReLU6, back to float on the
      output FakeQuant's grid, which follows unchanged.
-ADD, MUL and MEAN have their own rules (`integer_elementwise`); AVERAGE_POOL is not emulated
+ADD, MUL, MEAN and RELU have their own rules (`integer_elementwise`); AVERAGE_POOL is not emulated
 (its ties are: pool_rounding).
 
 The result joins the graph as `output + stop_gradient(emulated - output)` named
