@@ -69,6 +69,19 @@ def test_resnet50_training_graph_quantizes_all_54_layers_and_folds_53_batch_norm
   assert out.shape == (2, 1000) and np.all(np.isfinite(out))
 
 
+def test_nasnet_construction_copy_is_known_though_its_cells_nest_scopes(caplog):
+  """NASNet's construction copy names a layer under its cell's scope
+  (`reduction_A_block_stem_1/reduction_conv_1_stem_1/Conv2D`), the called model without it
+  (`NASNet/reduction_conv_1_stem_1/Conv2D`): every float layer is still the copy, and no
+  warning tells the user to pass training=, which they did."""
+  graph, _, _, _ = _keras_graph("NASNetMobile", training=True)
+  report = quantize.create_training_graph(graph)
+  assert len(report.folded_batch_norms) > 180
+  assert report.float_ops and all(f.reason.startswith(LEARNING_PHASE_COPY)
+                                  for f in report.float_ops)
+  assert "stay float: their batch norm is behind" not in caplog.text
+
+
 def test_a_model_behind_a_conditional_beside_a_folding_one_keeps_its_warning():
   # The user's MobileNetV2 reads `images` without training=, beside a conv + BN that folds:
   # its layers are not a construction copy, so each says how to quantize it.

@@ -1,5 +1,6 @@
 """The pipeline every front end shares: check, fold batch norms, insert quantizers, report."""
 
+import collections
 import time
 
 from absl import logging
@@ -65,13 +66,25 @@ def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None,
 def _learning_phase_copy(conditional, folds):
   """The conditional-BN layers that are Keras' construction copy of a model the user called
   with training=True/False: the called layers carry the same names under the model's name
-  scope (`resnet50v2/conv1_conv/Conv2D` for `conv1_conv/Conv2D`), and they fold. A model built
-  without `training=` and never called so has no folded twin, and keeps its warning."""
-  called = set()
+  scope (`resnet50v2/conv1_conv/Conv2D` for `conv1_conv/Conv2D`), and they fold. The copy may
+  nest a layer in scopes the called model does not (NASNet's
+  `reduction_A_block_stem_1/reduction_conv_1_stem_1/Conv2D` for
+  `NASNet/reduction_conv_1_stem_1/Conv2D`), so a name also matches by an end of two parts or
+  more that one folded layer alone has. A model built without `training=` and never called so
+  has no folded twin, and keeps its warning."""
+  called, owners = set(), collections.Counter()
   for fold in folds:
     parts = fold.layer.name.split("/")
     called.update("/".join(parts[i:]) for i in range(1, len(parts)))
-  return {layer for layer in conditional if layer.name in called}
+    owners.update(_name_ends(fold.layer.name))
+  return {layer for layer in conditional
+          if layer.name in called or any(owners[end] == 1 for end in _name_ends(layer.name))}
+
+
+def _name_ends(name):
+  """The ends of an op name of two parts or more: 'a/b/c' -> {'a/b/c', 'b/c'}."""
+  parts = name.split("/")
+  return {"/".join(parts[i:]) for i in range(len(parts) - 1)}
 
 
 def _why_conditional(layer, cond, copy):
