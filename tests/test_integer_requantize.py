@@ -329,14 +329,19 @@ def _agreements(build, directory, checkpoint):
   return emulated, plain
 
 
+def _assert_bit_exact(emulated, elements):
+  """Every one of `elements` output integers equals its runtime's emulating eval graph's."""
+  for mode, agreement in emulated.items():
+    assert agreement.elements == elements
+    assert agreement.equal_share == 1.0, (mode, agreement)
+
+
 def test_conv_and_depthwise_layers_agree_bit_for_bit_with_both_runtimes(trained):
   """Every output integer of conv+ReLU6 -> depthwise+ReLU equals the eval graph's, with the eval
   graph of its runtime; the float eval graph misses some (float32 sums near a tie, the builtin
   kernels' double rounding). Every eval graph exports the same model."""
   emulated, plain = _agreements(_two_layers, *trained[_two_layers])
-  for mode, agreement in emulated.items():
-    assert agreement.elements == 4 * 32 * 32 * 24
-    assert agreement.equal_share == 1.0, (mode, agreement)
+  _assert_bit_exact(emulated, 4 * 32 * 32 * 24)
   assert plain["tflite_builtin"].equal_share < 1.0, plain
 
 
@@ -344,9 +349,7 @@ def test_a_residual_block_agrees_bit_for_bit_with_both_runtimes(trained):
   """A 1x1 conv without activation (its negative outputs show the builtin kernels' rounding
   shift: halves up) and a residual ADD with ReLU after them."""
   emulated, plain = _agreements(_conv_block, *trained[_conv_block])
-  for mode, agreement in emulated.items():
-    assert agreement.elements == 4 * 32 * 32 * 24
-    assert agreement.equal_share == 1.0, (mode, agreement)
+  _assert_bit_exact(emulated, 4 * 32 * 32 * 24)
   assert plain["tflite_builtin"].equal_share < 1.0, plain
 
 
@@ -361,9 +364,7 @@ def test_the_other_runtimes_eval_graph_is_compared_with_a_warning(trained, caplo
 
 def test_branches_of_nested_concats_agree_bit_for_bit_with_both_runtimes(trained):
   emulated, _ = _agreements(_nested_concats, *trained[_nested_concats])
-  for mode, agreement in emulated.items():
-    assert agreement.elements == 4 * 32 * 32 * 16
-    assert agreement.equal_share == 1.0, (mode, agreement)
+  _assert_bit_exact(emulated, 4 * 32 * 32 * 16)
 
 
 def test_hard_swish_and_squeeze_excite_agree_bit_for_bit_with_both_runtimes(trained):
@@ -371,17 +372,13 @@ def test_hard_swish_and_squeeze_excite_agree_bit_for_bit_with_both_runtimes(trai
   fused ReLU6 and the spatial mean compute each runtime's integer MUL, ADD and MEAN; the
   float eval graph misses some."""
   emulated, plain = _agreements(_mobilenet_v3_block, *trained[_mobilenet_v3_block])
-  for mode, agreement in emulated.items():
-    assert agreement.elements == 4 * 32 * 32 * 16
-    assert agreement.equal_share == 1.0, (mode, agreement)
+  _assert_bit_exact(emulated, 4 * 32 * 32 * 16)
   assert min(a.equal_share for a in plain.values()) < 1.0, plain
 
 
 def test_a_global_pool_and_a_1x1_mean_agree_bit_for_bit_with_both_runtimes(trained):
   emulated, _ = _agreements(_pooled_head, *trained[_pooled_head])
-  for mode, agreement in emulated.items():
-    assert agreement.elements == 4 * 64
-    assert agreement.equal_share == 1.0, (mode, agreement)
+  _assert_bit_exact(emulated, 4 * 64)
 
 
 def test_a_quantizer_the_converter_drops_with_its_identity_is_skipped(trained):
@@ -389,13 +386,11 @@ def test_a_quantizer_the_converter_drops_with_its_identity_is_skipped(trained):
   x's integers. With that quantizer's range set 1.5 times wider than x's, the emulating graphs
   still agree bit for bit, and the float32 eval graph, which applies it, does not."""
   directory, checkpoint = trained[_swish_block]
-  graph, report = _eval_graph(_swish_block, "float")
+  _, report = _eval_graph(_swish_block, "float")
   assert "beta_x/activation_Mul_quant" in report.other_quantizers
   widened = _widened(_swish_block, directory, checkpoint, "beta_x/activation_Mul_quant", 1.5)
   emulated, plain = _agreements(_swish_block, directory, widened)
-  for mode, agreement in emulated.items():
-    assert agreement.elements == 4 * 32 * 32 * 16
-    assert agreement.equal_share == 1.0, (mode, agreement)
+  _assert_bit_exact(emulated, 4 * 32 * 32 * 16)
   assert max(a.equal_share for a in plain.values()) < 0.99, plain
 
 
@@ -406,7 +401,5 @@ def test_a_relu_between_two_quantizers_agrees_bit_for_bit_with_both_runtimes(tra
   directory, checkpoint = trained[_sum_read_twice]
   widened = _widened(_sum_read_twice, directory, checkpoint, "after_relu/input_quant", 6.0)
   emulated, plain = _agreements(_sum_read_twice, directory, widened)
-  for mode, agreement in emulated.items():
-    assert agreement.elements == 4 * 32 * 32 * 16
-    assert agreement.equal_share == 1.0, (mode, agreement)
+  _assert_bit_exact(emulated, 4 * 32 * 32 * 16)
   assert min(a.equal_share for a in plain.values()) < 1.0, plain
