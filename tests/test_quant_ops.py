@@ -265,7 +265,7 @@ def test_pool_ties_round_by_the_rule_and_nothing_else_moves(rule, low, high):
     quantizer = tf.quantization.fake_quant_with_min_max_vars(level, low, high).op
     nudged = pool_rounding.round_ties(level, quantizer, 4, rule)
     out = tf.quantization.fake_quant_with_min_max_vars(nudged, low, high)
-    assert pool_rounding.rule_of(nudged.op.name) == rule
+    assert pool_rounding.rule_of(nudged.op) == rule
     with tf.compat.v1.Session() as sess:
       got = np.round(sess.run(out, {level: averages}) / scale + zero_point)
   signed = unsigned - 128

@@ -70,7 +70,7 @@ def without_ties_nudges(graph_def, output_nodes):
   qat_rewrite.quant.pool_rounding and integer_requantize), cut to `output_nodes`. The eval
   graph, the reference of the agreement checks, keeps them."""
   nudges = {n.name: n.input[0] for n in graph_def.node
-            if (is_ties_nudge(n.name) or is_emulation(n.name)) and n.op in ("Add", "AddV2")}
+            if (is_ties_nudge(n) or is_emulation(n)) and n.op in ("Add", "AddV2")}
   if nudges:
     graph_def = copy.deepcopy(graph_def)
     for node in graph_def.node:
@@ -103,7 +103,7 @@ def quantized_output(graph_def, name):
   current = nodes[name]
   while current.op not in FAKE_QUANT_TYPES:
     nexts = [c for c in readers.get(current.name, []) if c.op in FAKE_QUANT_TYPES + _ALIAS_TYPES
-             or is_ties_nudge(c.name) or is_emulation(c.name)]
+             or is_ties_nudge(c) or is_emulation(c)]
     if len(nexts) != 1:
       return name
     current = nexts[0]

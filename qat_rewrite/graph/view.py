@@ -1,9 +1,10 @@
 """Read-only questions about a tf.compat.v1 graph that the passes keep asking."""
 
 import collections
-import re
 
 import tensorflow as tf
+
+from qat_rewrite.graph import roles
 
 RELU_TYPES = ("Relu", "Relu6")
 FAKE_QUANT_TYPES = frozenset({
@@ -16,7 +17,6 @@ ASSIGN_TYPES = frozenset({
 
 
 CONTROL_FLOW_TYPES = ("If", "StatelessIf", "Switch", "Merge")
-WEIGHT_UNSCALE = "unscale_weights"  # see is_weight_unscale
 
 
 class GraphView:
@@ -111,11 +111,10 @@ def is_fake_quantized(tensor):
     op = tensor.op
     if op.type in FAKE_QUANT_TYPES:
       return True
-    if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
+    role = roles.of(op)
+    if role == "delay_select":
       tensor = op.inputs[1]
-    elif op.type == "Reshape" and op.name.endswith("per_channel_restore"):
-      tensor = op.inputs[0]
-    elif is_weight_unscale(op):
+    elif role in ("per_channel_restore", "weight_unscale"):
       tensor = op.inputs[0]
     else:
       return False
@@ -125,8 +124,7 @@ def is_fake_quantized(tensor):
 def is_weight_unscale(op):
   """The Mul by 1/s that a training fold puts between a layer's quantized weights and the layer
   (passes/fold_batch_norm.unscale_on_weights)."""
-  return op.type == "Mul" and bool(re.fullmatch(WEIGHT_UNSCALE + r"(_\d+)?",
-                                                op.name.rsplit("/", 1)[-1]))
+  return op.type == "Mul" and roles.of(op) == "weight_unscale"
 
 
 def variable_source(tensor):

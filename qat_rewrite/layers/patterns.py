@@ -6,21 +6,19 @@ Roles captured: `layer` (the weight op), `batch_to_space` (atrous convolution),
 `post_bypass` (a residual add after it).
 """
 
+from qat_rewrite.graph import roles
 from qat_rewrite.graph.pattern import Any, OneOf, Op, Optional
 from qat_rewrite.graph.view import (is_activation_tensor, is_channel_vector, is_dropout,
                                     sole_relu_consumer)
 from qat_rewrite.layers.catalogue import ACTIVATION_TYPES, ADD_TYPES, LAYER_TYPES
 
 FUSED_BATCH_NORM_TYPES = ("FusedBatchNorm", "FusedBatchNormV3")
-# The name scope of what a fold builds (passes/fold_batch_norm): `<layer scope>/BatchNorm_Fold/`.
-FOLD_SCOPE = "BatchNorm_Fold"
 
 
 def is_fold_batch_norm(op):
   """True for the batch norm a training fold builds (on y/s, or on y once the 1/s moved onto the
   weights): not a batch norm of the user's to fold, and live, unlike the one it replaced."""
-  return (op.type in FUSED_BATCH_NORM_TYPES
-          and op.name.rsplit("/", 2)[-2:-1] == [FOLD_SCOPE])
+  return op.type in FUSED_BATCH_NORM_TYPES and roles.of(op) == "fold_batch_norm"
 
 
 def _layer_output():

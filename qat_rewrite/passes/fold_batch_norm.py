@@ -22,22 +22,21 @@ the delay, A = 1 and B uses the moving statistics, which stop updating.
 """
 
 import dataclasses
-import re
 from typing import Dict, Optional
 
 import tensorflow as tf
 
-from qat_rewrite.graph import editor, state
+from qat_rewrite.graph import editor, roles, state
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.graph.view import (CONTROL_FLOW_TYPES, WEIGHT_UNSCALE, GraphView,
+from qat_rewrite.graph.view import (CONTROL_FLOW_TYPES, GraphView,
                                     constant_value, context, join, value_of)
 from qat_rewrite.layers import kind_of
-from qat_rewrite.layers.patterns import (FOLD_SCOPE, fused_batch_norm, is_fold_batch_norm,
-                                         unfused_batch_norm)
+from qat_rewrite.layers.patterns import fused_batch_norm, is_fold_batch_norm, unfused_batch_norm
 from qat_rewrite.quant import fake_quant
 
+# The name scope of what a fold builds: `<layer scope>/BatchNorm_Fold/`, as contrib named it.
+FOLD_SCOPE = "BatchNorm_Fold"
 _SHAPE_ONLY_TYPES = ("Shape", "ShapeN", "Size", "Rank")  # read no values: a fold changes none
-_MUL_FOLD = re.compile(r"mul_fold(_\d+)?")  # TF numbers a second one in the same scope
 # Graph state (graph/state.py): {name of a batch norm's last op: the tensor that replaced its
 # output}, and {layer name: builds the eval fold's bias}.
 _REPLACED = "fold_batch_norm.replaced"
@@ -165,7 +164,7 @@ def _already_folded(m):
   layer = m.op("layer")
   ops = [layer.inputs[kind_of(layer).weight_input].op]
   for _ in range(6):  # mul_fold → [reshape] → FakeQuant → [restore, delay Select, Identity]
-    if any(_MUL_FOLD.fullmatch(op.name.rsplit("/", 1)[-1]) for op in ops):
+    if any(roles.of(op) == "fold_weights" for op in ops):
       return True
     ops = [t.op for op in ops for t in op.inputs]
   return False
@@ -286,7 +285,7 @@ def fold(view, f, training, frozen=None):
     scale_for_weight = tf.reshape(scale, kind.scale_shape(f.layer, weight.shape.as_list()),
                                   name="scale_reshape")
   with graph.name_scope(join(ctx, "") if ctx else None):
-    mul_fold = tf.multiply(weight, scale_for_weight, name="mul_fold")
+    mul_fold = roles.mark(tf.multiply(weight, scale_for_weight, name="mul_fold"), "fold_weights")
   editor.replace_input(f.layer, kind.weight_input, mul_fold)
   y = f.layer_output
   with graph.name_scope(join(ctx, FOLD_SCOPE) + "/"):
@@ -333,7 +332,8 @@ def unscale_on_weights(graph):
       continue
     with graph.as_default(), graph.name_scope(join(context(layer), FOLD_SCOPE) + "/"):
       per_channel = tf.reshape(inverse_scale, kind.scale_shape(layer, weight.shape.as_list()))
-      unscaled_weight = tf.multiply(weight, per_channel, name=WEIGHT_UNSCALE)
+      unscaled_weight = roles.mark(tf.multiply(weight, per_channel, name="unscale_weights"),
+                                   "weight_unscale")
     editor.replace_input(layer, kind.weight_input, unscaled_weight)
     editor.reroute(unscaled, y, unscaled.consumers())
     moved.append(layer.name)
@@ -372,6 +372,7 @@ def _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias):
   out, batch_mean, batch_var = tf.compat.v1.nn.fused_batch_norm(
       x, gamma, beta, epsilon=f.epsilon, is_training=True,
       name="FusedBatchNorm" if rank4 else "FusedBatchNorm_4d")
+  roles.mark(out, "fold_batch_norm")
   if not rank4:
     out = tf.reshape(out, tf.shape(unscaled), name="FusedBatchNorm")
   stat_var = batch_var  # Bessel-corrected, as FusedBatchNorm's own update reads it

@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from qat_rewrite.graph import editor
+from qat_rewrite.graph import editor, roles
 from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.graph.view import (FAKE_QUANT_TYPES, RELU_TYPES, GraphView, constant_value,
                                     context, dropout_input, is_dropout, is_fake_quantized,
@@ -273,7 +273,7 @@ def _quantize_pool(view, op, settings, memo, report):
   """
   output = op.outputs[0]
   if view.followed_by_fake_quant(output) or any(
-      pool_rounding.is_ties_nudge(c.name) for c in output.consumers()):
+      pool_rounding.is_ties_nudge(c) for c in output.consumers()):
     return
   name = join(op.name, "activation_%s_quant" % op.type)
   if op.type == "Mean":
@@ -292,7 +292,7 @@ def _quantize_pool(view, op, settings, memo, report):
                                       settings.options.pool_ties)
     quantized = fake_quant.fake_quantize_like(nudged, quantizer, scope)
     if delay is not None:  # float until the input's quantizer switches on
-      quantized = tf.where(delay, quantized, output, name="delayed_quant")
+      quantized = fake_quant.delay_select(delay, quantized, output)
   editor.reroute(output, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
 
@@ -375,7 +375,7 @@ def _quantize_bias(layer, bias_op, bias):
   kind = kind_of(layer)
   in_q, in_delay = input_quantizer(layer.inputs[kind.data_input])
   w_q, w_delay = weight_quantizer(layer.inputs[kind.weight_input])
-  if in_q is None or w_q is None or "/bias_quant" in bias.op.name:
+  if in_q is None or w_q is None or roles.of(bias.op) == "bias_quant":
     return False
   index = next(i for i, t in enumerate(bias_op.inputs)
                if t.op is bias.op and t.value_index == bias.value_index)

@@ -1,7 +1,8 @@
 """Which FakeQuant grid a tensor is on: what a bias, a pool, a concat or the runtime emulation
 needs to know of the quantizers already inserted."""
 
-from qat_rewrite.graph.view import FAKE_QUANT_TYPES, dropout_input, is_weight_unscale
+from qat_rewrite.graph import roles
+from qat_rewrite.graph.view import FAKE_QUANT_TYPES, dropout_input
 from qat_rewrite.quant.integer_requantize import bypassed_quantizer_values
 
 # Ops whose output values are input values, so an input quantizer's grid is also theirs
@@ -17,11 +18,9 @@ def weight_quantizer(tensor):
     op = tensor.op
     if op.type in ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"):
       return op, delay
-    if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
+    if roles.of(op) == "delay_select":
       delay, tensor = op.inputs[0], op.inputs[1]
-    elif op.type == "Reshape" and op.name.endswith("per_channel_restore"):
-      tensor = op.inputs[0]
-    elif is_weight_unscale(op):
+    elif roles.of(op) in ("per_channel_restore", "weight_unscale"):
       tensor = op.inputs[0]
     else:
       break
@@ -37,7 +36,7 @@ def input_quantizer(tensor):
       return op, delay
     if op.type in FAKE_QUANT_TYPES:
       return None, None  # per-channel or fixed ranges: weights, not activations
-    if op.type == "SelectV2" and op.name.endswith("delayed_quant"):
+    if roles.of(op) == "delay_select":
       delay, tensor = op.inputs[0], op.inputs[1]
     elif op.type in SAME_GRID_TYPES and op.inputs:
       tensor = op.inputs[0]

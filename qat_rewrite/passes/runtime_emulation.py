@@ -6,7 +6,7 @@ for `requantize="xnnpack"|"tflite_builtin"`."""
 import numpy as np
 import tensorflow as tf
 
-from qat_rewrite.graph import editor
+from qat_rewrite.graph import editor, roles
 from qat_rewrite.graph.view import GraphView, constant_value, context, join
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES
@@ -106,7 +106,7 @@ def _to_output_quantizer(tensor, dead, with_bias):
     others = [t for t in reader.inputs if t is not tensor]
     if (with_bias and reader.type in ADD_TYPES + ("BiasAdd",) and bias is None
         and activation is None and len(others) == 1
-        and any(p.startswith("bias_quant") for p in others[0].op.name.split("/"))):
+        and roles.of(others[0].op) == "bias_quant"):
       bias = others[0]
     elif reader.type in ("Relu", "Relu6") and activation is None:
       activation = reader.type
@@ -122,7 +122,7 @@ def _emulate_elementwise(graph, ops, mode, in_scope, dead):
   count = 0
   for op in ops:
     if (op.type not in _ELEMENTWISE_TYPES or op in dead or not in_scope(op)
-        or pool_rounding.is_ties_nudge(op.name) or _passed_on(op) is not None):
+        or pool_rounding.is_ties_nudge(op) or _passed_on(op) is not None):
       continue
     operands = _operands(op)
     if operands is None:

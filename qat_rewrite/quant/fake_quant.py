@@ -19,6 +19,8 @@ import re
 import tensorflow as tf
 from absl import logging
 
+from qat_rewrite.graph import roles
+
 from qat_rewrite.quant.spec import LAST_VALUE
 
 STEP_NAME = "fake_quantization_step"
@@ -230,10 +232,17 @@ def fake_quantize(x, spec, scope, training, per_channel_shape=None, delay_reache
       quantized = fake_quant_op(source, range_min, range_max, num_bits=spec.bits,
                                 narrow_range=spec.narrow_range, name=op_name)
     if source is not x:
-      quantized = tf.reshape(quantized, tf.shape(x), name="per_channel_restore")
+      quantized = roles.mark(tf.reshape(quantized, tf.shape(x), name="per_channel_restore"),
+                             "per_channel_restore")
     if delay_reached is not None:
-      quantized = tf.where(delay_reached, quantized, x, name="delayed_quant")
+      quantized = delay_select(delay_reached, quantized, x)
   return quantized
+
+
+def delay_select(delay_reached, quantized, x):
+  """`quantized` once `delay_reached` is true, `x` before: a quantizer's delay, marked so that
+  grid lookups see through it."""
+  return roles.mark(tf.where(delay_reached, quantized, x, name="delayed_quant"), "delay_select")
 
 
 def fake_quantize_like(x, quantizer, scope, delay_reached=None):
@@ -249,7 +258,7 @@ def fake_quantize_like(x, quantizer, scope, delay_reached=None):
           x, quantizer.inputs[1], quantizer.inputs[2], num_bits=quantizer.get_attr("num_bits"),
           narrow_range=quantizer.get_attr("narrow_range"), name=op_name)
     if delay_reached is not None:
-      quantized = tf.where(delay_reached, quantized, x, name="delayed_quant")
+      quantized = delay_select(delay_reached, quantized, x)
   return quantized
 
 
@@ -290,4 +299,4 @@ def quantize_bias(bias, input_quantizer, weight_quantizer, delay_reached=None):
   quantized = tf.add(bias, tf.stop_gradient(rounded - bias), name="quantized")
   if delay_reached is not None:
     quantized = tf.where(delay_reached, quantized, bias, name="delayed")
-  return quantized
+  return roles.mark(quantized, "bias_quant")

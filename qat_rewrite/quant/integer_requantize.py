@@ -24,8 +24,9 @@ ADD, MUL, MEAN and RELU have their own rules (`integer_elementwise`); AVERAGE_PO
 (its ties are: pool_rounding).
 
 The result joins the graph as `output + stop_gradient(emulated - output)` named
-`requantize_<mode>`: a straight-through gradient, and exports bypass it (`is_emulation`) as
-they bypass the pool ties nudge: the converter sees the standard FakeQuant graph.
+`requantize_<mode>`, role `requantize/<mode>`: a straight-through gradient, and exports bypass it
+(`is_emulation`) as they bypass the pool ties nudge: the converter sees the standard FakeQuant
+graph.
 The numpy functions here are the runtime's formulas, kept beside their TF versions for tests.
 """
 
@@ -35,9 +36,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from qat_rewrite.graph import roles
 from qat_rewrite.quant import fake_quant
 
-_PREFIX = "requantize_"
+_PREFIX = "requantize_"  # the op's name: `requantize_<mode>`
+_ROLE = "requantize"  # its role (graph/roles.py): `requantize/<mode>`
 
 Mode = collections.namedtuple("Mode", "runtime delegates")
 # Who computes so, and `delegates` as agreement.compare_tflite / integer_check name the runtime.
@@ -54,21 +57,19 @@ def check_mode(mode):
   return mode
 
 
-def mode_of(name):
-  """The mode of an emulation op named `name`, or None if it is not one."""
-  last = name.rsplit("/", 1)[-1]
-  mode = last[len(_PREFIX):] if last.startswith(_PREFIX) else None
-  return mode if mode in MODES and mode != DEFAULT_MODE else None
+def mode_of(op):
+  """The mode of an emulation op (an Operation or a NodeDef), or None if it is not one."""
+  return roles.parameter(op, _ROLE)
 
 
-def is_emulation(name):
-  """True for the name of an op `emulate_layer` returns (exports bypass it)."""
-  return mode_of(name) is not None
+def is_emulation(op):
+  """True for an op `joined` returns, an Operation or a NodeDef (exports bypass it)."""
+  return mode_of(op) is not None
 
 
 def modes_in(graph_def):
   """The requantize modes a (frozen) eval graph emulates: a set, empty for "float"."""
-  return {mode_of(n.name) for n in graph_def.node} - {None}
+  return {mode_of(n) for n in graph_def.node} - {None}
 
 
 def mode_for_runtime(delegates):
@@ -266,13 +267,14 @@ def joined(output, emulated, mode):
   """`output` + stop_gradient(`emulated` - `output`), named as `mode`'s emulation op: the
   emulated values forward, the float op's gradient backward."""
   emulated = tf.reshape(emulated, tf.shape(output))  # a mean read through a reshape
-  return tf.add(output, tf.stop_gradient(emulated - output), name=_PREFIX + mode)
+  return roles.mark(tf.add(output, tf.stop_gradient(emulated - output), name=_PREFIX + mode),
+                    "%s/%s" % (_ROLE, mode))
 
 
 def bypassed_quantizer_values(op):
   """For an emulation op that `joined` put after a FakeQuant (the runtime drops that
   quantization), the tensor whose values it carries instead; None for any other op."""
-  if not is_emulation(op.name) or not op.inputs[0].op.type.startswith("FakeQuant"):
+  if not is_emulation(op) or not op.inputs[0].op.type.startswith("FakeQuant"):
     return None
   difference = op.inputs[1].op.inputs[0].op  # StopGradient(emulated - output)
   return difference.inputs[0]

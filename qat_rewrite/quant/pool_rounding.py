@@ -22,7 +22,10 @@ import collections
 import tensorflow as tf
 from absl import logging
 
-_PREFIX = "ties_"
+from qat_rewrite.graph import roles
+
+_PREFIX = "ties_"  # the op's name: `ties_<rule>`
+_ROLE = "ties"  # its role (graph/roles.py): `ties/<rule>`
 
 
 def _away_from_zero(unsigned, bits):
@@ -51,16 +54,14 @@ def check_rule(rule):
   return rule
 
 
-def rule_of(name):
-  """The rule of a ties nudge op named `name`, or None if it is not one."""
-  last = name.rsplit("/", 1)[-1]
-  rule = last[len(_PREFIX):] if last.startswith(_PREFIX) else None
-  return rule if rule in RULES else None
+def rule_of(op):
+  """The rule of a ties nudge op (an Operation or a NodeDef), or None if it is not one."""
+  return roles.parameter(op, _ROLE)
 
 
-def is_ties_nudge(name):
-  """True for the name of an op `round_ties` returns."""
-  return rule_of(name) is not None
+def is_ties_nudge(op):
+  """True for an op `round_ties` returns, an Operation or a NodeDef."""
+  return rule_of(op) is not None
 
 
 def round_ties(average, quantizer, window, rule=DEFAULT_RULE):
@@ -81,13 +82,13 @@ def round_ties(average, quantizer, window, rule=DEFAULT_RULE):
   unsigned = tf.cast(average, tf.float64) / scale + zero_point
   nudge = tf.cast(RULES[check_rule(rule)].direction(unsigned, bits) * scale / (4.0 * window),
                   average.dtype)
-  return tf.add(average, nudge, name=_PREFIX + rule)
+  return roles.mark(tf.add(average, nudge, name=_PREFIX + rule), "%s/%s" % (_ROLE, rule))
 
 
 def warn_if_not(graph_def, rule):
   """Logs a warning if the eval graph `graph_def` rounds AvgPool ties by another rule than
   `rule`, the one of the runtime it is exported to: their integers then differ by a step."""
-  others = sorted({rule_of(n.name) for n in graph_def.node} - {None, rule})
+  others = sorted({rule_of(n) for n in graph_def.node} - {None, rule})
   if others:
     logging.warning("the eval graph rounds average-pool ties %s (%s) but %s rounds them %s: "
                     "rewrite the eval graph with pool_ties=%r to check this export against it",
