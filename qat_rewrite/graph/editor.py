@@ -1,7 +1,8 @@
-"""The one place that mutates existing ops: rerouting consumers, changing an attribute.
+"""The one place that mutates existing ops: rerouting consumers, adding control inputs,
+changing an attribute.
 
 TensorFlow has no public API to change an existing op's input or attribute, so this module
-wraps the private `Operation._update_input` and `_set_attr` once. Everything else in the package
+wraps the private `Operation._update_input`, `_add_control_inputs` and `_set_attr` once. Everything else in the package
 only adds new ops. (A few read-only private calls remain, each marked where it is made: a
 dtype's `_is_ref_dtype`, the TFLite interpreter's op list, a graph-mode strategy's
 distribute-values helper.)
@@ -22,6 +23,11 @@ def reroute(old, new, consumers):
         replace_input(op, i, new)
         changed += 1
   return changed
+
+
+def add_control_inputs(op, control_ops):
+  """Makes `op` also wait for each op in `control_ops`."""
+  op._add_control_inputs(control_ops)  # pylint: disable=protected-access
 
 
 def unique_scope(graph, name):

@@ -21,6 +21,7 @@ B = β + (b − μ_batch)·γ/σ_batch from the moments of y; once the quantizat
 the delay, A = 1 and B uses the moving statistics, which stop updating.
 """
 
+import collections
 import dataclasses
 from typing import Dict, Optional
 
@@ -38,9 +39,11 @@ from qat_rewrite.quant import fake_quant
 FOLD_SCOPE = "BatchNorm_Fold"
 _SHAPE_ONLY_TYPES = ("Shape", "ShapeN", "Size", "Rank")  # read no values: a fold changes none
 # Graph state (graph/state.py): {name of a batch norm's last op: the tensor that replaced its
-# output}, and {layer name: builds the eval fold's bias}.
+# output}, and {layer name: the eval fold's bias, or an _EvalBias until it is asked for}.
 _REPLACED = "fold_batch_norm.replaced"
 _EVAL_BIAS = "fold_batch_norm.eval_bias"
+# What the eval fold's bias β + (b − μ)·s is made of, and the name scope to build it in.
+_EvalBias = collections.namedtuple("_EvalBias", "scope beta bias moving_mean scale")
 # [(layer, y/s, 1/s)] of the training folds whose 1/s may move onto the weights.
 _UNSCALES = "fold_batch_norm.unscales"
 
@@ -50,8 +53,13 @@ def eval_time_bias(graph, layer_name):
   (once) in a training graph whose fold normalizes with batch statistics, which never adds it.
   Targets that quantize the folded bias coarsely (DPU: weight_bit bits) need it to train with
   its rounding. None if the layer has no such fold."""
-  build = state.get(graph, _EVAL_BIAS, {}).get(layer_name)
-  return build() if build else None
+  biases = state.get(graph, _EVAL_BIAS, {})
+  recipe = biases.get(layer_name)
+  if isinstance(recipe, _EvalBias):  # built the first time it is asked for
+    with graph.as_default(), graph.name_scope(recipe.scope):
+      biases[layer_name] = tf.add(recipe.beta, (recipe.bias - recipe.moving_mean) * recipe.scale,
+                                  name="bias")
+  return biases.get(layer_name)
 
 
 def replaced_outputs(graph) -> Dict[str, tf.Tensor]:
@@ -291,9 +299,8 @@ def fold(view, f, training, frozen=None):
   with graph.name_scope(join(ctx, FOLD_SCOPE) + "/"):
     if batch_stats and frozen is None:
       folded = _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias)
-      state.setdefault(graph, _EVAL_BIAS, {})[f.layer.name] = _once(
-          graph, join(ctx, FOLD_SCOPE) + "/",
-          lambda: tf.add(beta, (bias - moving_mean) * scale, name="bias"))
+      state.setdefault(graph, _EVAL_BIAS, {})[f.layer.name] = _EvalBias(
+          join(ctx, FOLD_SCOPE) + "/", beta, bias, moving_mean, scale)
     elif batch_stats:
       multiplier, offset = _batch_statistics_correction(
           view, f, y, scale, gamma, beta, bias, moving_mean, moving_var, frozen)
@@ -339,18 +346,6 @@ def unscale_on_weights(graph):
     moved.append(layer.name)
   state.put(graph, _UNSCALES, [])
   return moved
-
-
-def _once(graph, scope, build):
-  """`build` run the first time the result is asked for, in `graph` under `scope`."""
-  built = []
-
-  def get():
-    if not built:
-      with graph.as_default(), graph.name_scope(scope):
-        built.append(build())
-    return built[0]
-  return get
 
 
 def _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias):

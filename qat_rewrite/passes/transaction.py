@@ -1,16 +1,20 @@
 """All-or-nothing rewrites: a rewrite that fails leaves the user's graph exactly as it was.
 
 A tf.Graph cannot delete an op, so a rewrite that failed half-way could not be undone. Instead
-each rewrite first runs on a copy of the graph (imported from its GraphDef); only when that
-succeeds does it run on the user's graph. The rewrites are deterministic, so what passed on the
-copy passes on the original. It costs a second rewrite (see the README's figures).
+each rewrite runs on a copy of the graph (imported from its GraphDef). When it succeeds, what it
+added and changed is carried over to the user's graph in one import (graph/graft.py), which
+fails before touching the graph or not at all. Where that cannot be done (v1 control flow, an
+active tf.distribute strategy, a graph over 2 GB), the copy's rewrite is a rehearsal and the
+rewrite runs again on the user's graph: the rewrites are deterministic, so what passed on the
+copy passes on the original.
 """
 
 import contextlib
 import functools
 
-import tensorflow as tf
 from absl import logging
+
+from qat_rewrite.graph import graft
 
 
 def all_or_nothing(rewrite_fn):
@@ -21,32 +25,35 @@ def all_or_nothing(rewrite_fn):
     if graph.finalized:
       raise ValueError("the graph is finalized (a MonitoredSession, Supervisor or "
                        "graph.finalize() did it): rewrite it before creating the session")
-    copy = _copy(graph)
-    if copy is not None:
+    copy, before = graft.copy_of(graph)
+    if copy is None:
+      return _rehearsed(rewrite_fn, graph, before, *args, **kwargs)
+    result = rewrite_fn(copy, *args, **kwargs)
+    try:
+      return graft.graft(graph, copy, before, result)
+    except graft.NotGraftable as e:
+      logging.debug("rewriting the graph itself after its copy (%s)", e)
       with _quiet():
-        rewrite_fn(copy, *args, **kwargs)
-    return rewrite_fn(graph, *args, **kwargs)
+        return rewrite_fn(graph, *args, **kwargs)
 
   return rewrite
 
 
-def _copy(graph):
-  """A new tf.Graph with the same ops, or None if the graph cannot be serialized (> 2 GB)."""
-  try:
-    graph_def = graph.as_graph_def()
-  except ValueError as e:
+def _rehearsed(rewrite_fn, graph, reason, *args, **kwargs):
+  """`rewrite_fn` on a plain copy first (a rehearsal), then on `graph` itself."""
+  rehearsal, _ = graft.copy_of(graph, plain=True)
+  if rehearsal is None:
     logging.warning("rewriting without a rehearsal on a copy (%s): a failure may leave the "
-                    "graph half-rewritten", e)
-    return None
-  copy = tf.Graph()
-  with copy.as_default():
-    tf.import_graph_def(graph_def, name="")
-  return copy
+                    "graph half-rewritten", reason)
+  else:
+    with _quiet():
+      rewrite_fn(rehearsal, *args, **kwargs)
+  return rewrite_fn(graph, *args, **kwargs)
 
 
 @contextlib.contextmanager
 def _quiet():
-  """Silences the rehearsal's info and warnings: the real rewrite logs them once."""
+  """Silences a second run's info and warnings: the first logged them."""
   logger = logging.get_absl_logger()
   level = logger.level
   logger.setLevel(logging.ERROR)

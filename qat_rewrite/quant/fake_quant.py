@@ -167,7 +167,8 @@ def _updated_range(x, spec, min_var, max_var, channels, use_resource, nonnegativ
 
 
 def add_to_update_ops(*updates):
-  """Puts range updates (assign ops or updated ref tensors) into tf.GraphKeys.UPDATE_OPS.
+  """Puts the ops of range updates (assign ops, updated ref tensors, assigned resource variables)
+  into tf.GraphKeys.UPDATE_OPS.
 
   The quantized tensor waits for its range update, but a loss built after the rewrite reads the
   float tensor the user's model_fn returned, so nothing would run the update of the quantizer
@@ -176,7 +177,7 @@ def add_to_update_ops(*updates):
   """
   for update in updates:
     tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS,
-                                   update.op if isinstance(update, tf.Tensor) else update)
+                                   update if isinstance(update, tf.Operation) else update.op)
 
 
 def _moving_average(var, value, weight, name):
