@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from qat_rewrite import quantize
+from qat_rewrite.export import arguments
 from qat_rewrite.passes.fold_batch_norm import fold_batch_norms, replaced_outputs
 
 LAYERS = ["conv2d", "conv2d_bias", "depthwise", "atrous_depthwise", "conv2d_transpose", "dense"]
@@ -117,3 +119,21 @@ def test_a_batch_norm_that_ends_the_graph_is_folded_once(fused):
     assert list(folded) == ["layer/Conv2D"] and not unfoldable
     assert replaced_outputs(graph)[out.op.name].op.name == "layer/add_fold"
     assert fold_batch_norms(graph, False)[0] == {}
+
+
+def test_an_output_batch_norm_means_its_fold_in_a_frozen_graph_too(tmp_path):
+  """Which batch norm a fold replaced is a node attribute, so an export from a frozen .pb maps
+  an output named after the batch norm to the fold, as one from the tf.Graph does (the .pb
+  once exported the unfolded batch norm, float)."""
+  with tf.Graph().as_default() as graph:
+    x = tf.compat.v1.placeholder(tf.float32, [4, 8, 8, 3], name="x")
+    out = tf.compat.v1.layers.batch_normalization(_layer("conv2d", x), training=False, name="bn")
+    quantize.create_eval_graph(graph)
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+          sess, graph.as_graph_def(), ["layer/act_quant/FakeQuantWithMinMaxVars", out.op.name])
+  path = tmp_path / "frozen.pb"
+  path.write_bytes(frozen.SerializeToString())
+  _, _, outputs, _ = arguments.prepare(str(path), ["x"], [out.op.name], None, {"x": (-1.0, 1.0)})
+  assert outputs == ["layer/act_quant/FakeQuantWithMinMaxVars"]

@@ -6,22 +6,20 @@ Everything here runs before any conversion, so bad input fails fast and writes n
 import os
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from qat_rewrite import files
 from qat_rewrite.export import frozen
-from qat_rewrite.passes.fold_batch_norm import replaced_outputs
+from qat_rewrite.graph import roles
 
 
 def prepare(model, input_nodes, output_nodes, checkpoint, given_ranges):
   """(frozen eval GraphDef cut to the quantized outputs, input nodes, quantized output
   nodes, {input: (min, max)}), after checking every argument."""
   input_nodes, output_nodes = names("input_nodes", input_nodes), names("output_nodes", output_nodes)
-  if isinstance(model, tf.Graph):  # an output that was a batch norm's last op: its fold
-    replaced = replaced_outputs(model)
-    output_nodes = [replaced[n].op.name if n in replaced else n for n in output_nodes]
   full = frozen.load_graph_def(model)
+  replaced = roles.replacements(full.node)  # an output that was a batch norm's last op: its fold
+  output_nodes = [replaced[n].name if n in replaced else n for n in output_nodes]
   check_nodes_exist(full, input_nodes, "input")
   check_nodes_exist(full, output_nodes, "output")
   quantized_outputs = [frozen.quantized_output(full, name) for name in output_nodes]

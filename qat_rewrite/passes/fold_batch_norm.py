@@ -38,9 +38,8 @@ from qat_rewrite.quant import fake_quant
 # The name scope of what a fold builds: `<layer scope>/BatchNorm_Fold/`, as contrib named it.
 FOLD_SCOPE = "BatchNorm_Fold"
 _SHAPE_ONLY_TYPES = ("Shape", "ShapeN", "Size", "Rank")  # read no values: a fold changes none
-# Graph state (graph/state.py): {name of a batch norm's last op: the tensor that replaced its
-# output}, and {layer name: the eval fold's bias, or an _EvalBias until it is asked for}.
-_REPLACED = "fold_batch_norm.replaced"
+# Graph state (graph/state.py): {layer name: the eval fold's bias, or an _EvalBias until it is
+# asked for}. Which batch norm a fold replaced is a node attribute (roles.mark_replacement).
 _EVAL_BIAS = "fold_batch_norm.eval_bias"
 # What the eval fold's bias β + (b − μ)·s is made of, and the name scope to build it in.
 _EvalBias = collections.namedtuple("_EvalBias", "scope beta bias moving_mean scale")
@@ -66,7 +65,8 @@ def replaced_outputs(graph) -> Dict[str, tf.Tensor]:
   """{op name: tensor} for each batch norm output a fold of `graph` replaced. A user who named
   that op (decent_q's output_nodes) means the folded tensor: the op itself is left behind,
   still computing the unfolded batch norm, read by nothing."""
-  return dict(state.get(graph, _REPLACED, {}))
+  return {name: op.outputs[0]
+          for name, op in roles.replacements(graph.get_operations()).items()}
 
 
 @dataclasses.dataclass
@@ -316,7 +316,7 @@ def fold(view, f, training, frozen=None):
         y = tf.multiply(y, multiplier, name="post_conv_mul")
       folded = tf.add(y, offset, name="add_fold")
   changed = editor.reroute(f.output, folded, view.consumers(f.output))
-  state.setdefault(graph, _REPLACED, {})[f.output.op.name] = folded
+  roles.mark_replacement(folded, f.output.op.name)
   if not changed:
     notes.append("batch norm %s output had no consumers" % f.bn_name)
   return notes
