@@ -2,7 +2,8 @@
 changing an attribute.
 
 TensorFlow has no public API to change an existing op's input or attribute, so this module
-wraps the private `Operation._update_input`, `_add_control_inputs` and `_set_attr` once. Everything else in the package
+wraps the private `Operation._update_input`, `_add_control_inputs` and `_set_attr` once, and
+`Graph._names_in_use` for the scopes of grafted ops. Everything else in the package
 only adds new ops. (A few read-only private calls remain, each marked where it is made: a
 dtype's `_is_ref_dtype`, the TFLite interpreter's op list, a graph-mode strategy's
 distribute-values helper.)
@@ -28,6 +29,16 @@ def reroute(old, new, consumers):
 def add_control_inputs(op, control_ops):
   """Makes `op` also wait for each op in `control_ops`."""
   op._add_control_inputs(control_ops)  # pylint: disable=protected-access
+
+
+def mark_scopes_used(graph, op_names):
+  """Marks every name scope of `op_names` used, as building those ops in place would have: a
+  later `unique_scope` of one of them gets a new name (`act_quant_1`), not the same one."""
+  used = graph._names_in_use  # pylint: disable=protected-access
+  for name in op_names:
+    parts = name.lower().split("/")
+    for end in range(1, len(parts)):
+      used.setdefault("/".join(parts[:end]), 1)
 
 
 def unique_scope(graph, name):

@@ -87,6 +87,7 @@ def graft(graph, rewritten, before, result=None):
       input_map = {name: graph.get_tensor_by_name(name)
                    for name in _external_inputs(imported, old)}
       tf.import_graph_def(imported, input_map=input_map, name="")
+      editor.mark_scopes_used(graph, [n.name for n in imported.node])
     for name, controls in late_controls.items():
       editor.add_control_inputs(graph.get_operation_by_name(name),
                                 [graph.get_operation_by_name(c) for c in controls])
