@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # (script, the table it writes)
 SCRIPTS = [("bench_accuracy.py", "accuracy.md"), ("bench_step_cost.py", "step_cost.md"),
            ("bench_apply_time.py", "apply_time.md"), ("bench_deploy.py", "deploy.md"),
-           ("bench_memory.py", "memory.md")]
+           ("bench_memory.py", "memory.md"), ("bench_dpu_rewrite.py", "dpu_rewrite.md")]
 
 
 def parse_args(argv=None):

@@ -14,7 +14,7 @@ pytest.importorskip("tensorflow_model_optimization")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLES = ["accuracy.md", "step_cost.md", "apply_time.md", "deploy.md", "memory.md",
-          "run_all.md"]
+          "dpu_rewrite.md", "run_all.md"]
 
 
 def test_run_all_quick_writes_every_table(tmp_path):
