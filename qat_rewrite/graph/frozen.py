@@ -11,6 +11,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 from google.protobuf import message
+from tensorflow.core.protobuf import rewriter_config_pb2
 from tensorflow.python.framework import op_def_registry
 
 
@@ -130,6 +131,18 @@ def import_graph_def(graph_def, path="graph"):
     except (ValueError, tf.errors.OpError) as e:
       raise ValueError("%s cannot be loaded by this TensorFlow: %s" % (path, e)) from e
   return graph
+
+
+def session_for_one_run(graph):
+  """A Session on `graph` without Grappler's graph optimizations.
+
+  They pay off over many runs; for one evaluation of a graph full of constants (the weights and
+  positions a deploy reads from a checkpoint) their constant folding is most of the time: 27 of
+  the 29 s of ResNet50's DPU deploy, with the same values computed either way.
+  """
+  config = tf.compat.v1.ConfigProto(graph_options=tf.compat.v1.GraphOptions(
+      rewrite_options=rewriter_config_pb2.RewriterConfig(disable_meta_optimizer=True)))
+  return tf.compat.v1.Session(graph=graph, config=config)
 
 
 def run_graph_def(graph_def, feeds, outputs):

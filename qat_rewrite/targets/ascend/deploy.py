@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from qat_rewrite.graph.frozen import const_node
+from qat_rewrite.graph.frozen import const_node, session_for_one_run
 from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.layers.patterns import compute_layer
 from qat_rewrite.targets.ascend import layers as ascend_layers
@@ -90,7 +90,7 @@ def _biases(graph, sources):
 def _evaluate(graph, sources, biases):
   fetch = {s.op.name: s.weight for s in sources if s.weight is not None}
   fetch.update({"bias:" + name: op.inputs[i] for name, (op, i) in biases.items()})
-  with tf.compat.v1.Session(graph=graph) as sess:
+  with session_for_one_run(graph) as sess:
     try:
       return sess.run(fetch)
     except tf.errors.OpError as e:

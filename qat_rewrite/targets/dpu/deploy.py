@@ -71,7 +71,7 @@ def _evaluate(constant, plan):
     tf.import_graph_def(constant, name="")
     fetch = {p.name: g.get_tensor_by_name(p.name + "/pos:0") for p in plan.points}
     fetch.update({"value:" + p.name: g.get_tensor_by_name(p.tensor.name) for p in weights})
-    with tf.compat.v1.Session(graph=g) as sess:
+    with frozen.session_for_one_run(g) as sess:
       try:
         result = sess.run(fetch)
       except tf.errors.InvalidArgumentError as e:
