@@ -124,37 +124,43 @@ def choose_pos_tf(x, bits, method, rounding=HALF_AWAY, depthwise=False):
     return start
   if method not in (1, 2):
     raise ValueError("method must be 0, 1 or 2, got %r" % (method,))
-  if method == 2 and depthwise:
-    errors = []
-    for i in range(CANDIDATES):
+  relative = method == 2 and depthwise
+  errors = []
+  squared_errors = None if relative else _squared_errors(x, bits, rounding)
+  for i in range(CANDIDATES):
+    if relative:
       diff = tf.abs(fake_quantize(x, bits, start + i, rounding) - x)
       errors.append(tf.reduce_sum(tf.sqrt(diff / (tf.abs(x) + 1e-9))))
-    errors = tf.stack(errors)
-  else:
-    errors = _squared_errors(x, bits, rounding, start)
+    else:
+      errors.append(squared_errors(start + i))
+  errors = tf.stack(errors)
   first_best = tf.reduce_min(tf.where(tf.equal(errors, tf.reduce_min(errors)))[:, 0])  # ties: smallest
   best = start + tf.cast(first_best, tf.int32)
   return tf.where(tf.equal(start, ALL_ZERO_POS), start, best)
 
 
-def _squared_errors(x, bits, rounding, start):
-  """[Σ (q - x)² of `x` on the (bits, start + i) grid for i < CANDIDATES], every candidate in
-  one chain of ops over a trailing candidate axis (a training step tries 5 positions for every
-  tensor; five chains made the DPU graph 6x the float one). In about half the element-wise ops
-  of quantizing: measured in steps of the grid, (r - x·2^pos)², and scaled back by 2^-pos twice,
-  which is the same float arithmetic (scaling by a power of two is exact), so the chosen
-  position is the same. Rounding half away from zero works on |x| with its own bound
-  (2^(bits-1) below zero, 2^(bits-1) - 1 above)."""
+def _squared_errors(x, bits, rounding):
+  """pos -> Σ (q - x)² of `x` on the (bits, pos) grid, in about half the element-wise ops of
+  quantizing it (a training step tries 5 positions for every tensor): measured in steps of the
+  grid, (r - x·2^pos)², and scaled back by 2^-pos twice, which is the same float arithmetic (scaling by
+  a power of two is exact), so the chosen position is the same. Rounding half away from zero
+  works on |x| with its own bound (2^(bits-1) below zero, 2^(bits-1) - 1 above)."""
   lo, hi = _bounds(bits)
-  scales = tf.pow(2.0, tf.cast(start + tf.range(CANDIDATES), tf.float32))
-  column = tf.reshape(x, [-1, 1])
   if rounding == HALF_UP:
-    scaled = column * scales
-    steps_off = tf.clip_by_value(tf.floor(scaled + 0.5), lo, hi) - scaled
+    def steps_off(scale):
+      scaled = x * scale
+      return tf.clip_by_value(tf.floor(scaled + 0.5), lo, hi) - scaled
   else:
-    scaled = tf.abs(column) * scales
-    steps_off = tf.minimum(tf.floor(scaled + 0.5), tf.where(column < 0.0, -lo, hi)) - scaled
-  return tf.reduce_sum(tf.square(steps_off), axis=0) / scales / scales  # scale² may overflow
+    magnitude = tf.abs(x)
+    bound = tf.where(x < 0.0, -lo, hi)
+    def steps_off(scale):
+      scaled = magnitude * scale
+      return tf.minimum(tf.floor(scaled + 0.5), bound) - scaled
+
+  def squared_error(pos):
+    scale = tf.pow(2.0, tf.cast(pos, tf.float32))
+    return tf.reduce_sum(tf.square(steps_off(scale))) / scale / scale  # scale² may overflow
+  return squared_error
 
 
 # Position state ------------------------------------------------------------------------------
