@@ -60,9 +60,12 @@ def create_quant_retrain_model(graph, config_file, record_file):
   the op that writes the record file when run (`retrain_ops[-1]`); `.report` on the list says
   what was quantized and what stayed float.
   """
-  return all_or_nothing(retrain.rewrite)(
+  retrain_ops = all_or_nothing(retrain.rewrite)(
       _graph(graph), _path("config_file", config_file, must_exist=True),
       _path("record_file", record_file))
+  record_op = retrain_ops[-1]
+  record_op.output_tensor = record_op.outputs[0]  # AMCT's samples read it
+  return retrain_ops
 
 
 def save_quant_retrain_model(pb_model, outputs, record_file, save_path):

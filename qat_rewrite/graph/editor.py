@@ -3,7 +3,7 @@ changing an attribute.
 
 TensorFlow has no public API to change an existing op's input or attribute, so this module
 wraps the private `Operation._update_input`, `_add_control_inputs` and `_set_attr` once, and
-`Graph._names_in_use` for the scopes of grafted ops. Everything else in the package
+`Graph._names_in_use` and `_py_funcs_used_in_graph` for grafted ops. Everything else in the package
 only adds new ops. (A few read-only private calls remain, each marked where it is made: a
 dtype's `_is_ref_dtype`, the TFLite interpreter's op list, a graph-mode strategy's
 distribute-values helper.)
@@ -39,6 +39,19 @@ def mark_scopes_used(graph, op_names):
     parts = name.lower().split("/")
     for end in range(1, len(parts)):
       used.setdefault("/".join(parts[:end]), 1)
+
+
+def py_funcs(graph):
+  """The Python functions of the py_funcs built in `graph`, which the graph keeps alive."""
+  return list(getattr(graph, "_py_funcs_used_in_graph", []))
+
+
+def keep_py_funcs(graph, functions):
+  """Makes `graph` keep `functions` alive, as it does those of its own py_funcs."""
+  if functions:
+    if not hasattr(graph, "_py_funcs_used_in_graph"):
+      graph._py_funcs_used_in_graph = []  # pylint: disable=protected-access
+    graph._py_funcs_used_in_graph.extend(functions)  # pylint: disable=protected-access
 
 
 def unique_scope(graph, name):

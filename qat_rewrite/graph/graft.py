@@ -7,13 +7,13 @@ the copy's GraphDef with the one the copy was made from and brings the differenc
 - the edits to existing nodes: rerouted inputs, added control inputs, changed attributes;
 - the collections (variables re-created from their VariableDef, ops and tensors by name);
 - the graph state (graph/state.py) and the rewrite's result, their tensors, ops and variables
-  swapped for the graph's own of the same name.
+  swapped for the graph's own of the same name;
+- the Python functions of the py_funcs it built, which a graph keeps alive.
 
 Everything that could stop it is checked before the graph is touched (`NotGraftable`); the
 import itself is all or nothing. Some rewrites are not graftable, because part of what they
-build lives in Python rather than in the GraphDef: v1 control flow (its contexts), a py_func
-(its function), mirrored variables (an active tf.distribute strategy). The caller then
-rewrites the graph itself.
+build lives in Python rather than in the GraphDef: v1 control flow (its contexts), mirrored
+variables (an active tf.distribute strategy). The caller then rewrites the graph itself.
 """
 
 import copy as copy_module
@@ -29,7 +29,6 @@ from qat_rewrite.graph import editor, state
 
 _V1_CONTROL_FLOW = frozenset({"Enter", "Exit", "NextIteration", "LoopCond", "RefEnter",
                               "RefExit", "RefNextIteration"})
-_PY_FUNC_TYPES = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 _PLAIN = (str, bytes, int, float, bool, type(None), np.ndarray, np.generic, tf.DType,
           tf.TensorShape, enum.Enum)
 
@@ -73,8 +72,6 @@ def graft(graph, rewritten, before, result=None):
   edits = [_edit(n, old[n.name]) for n in after.node if n.name in old and n != old[n.name]]
   if any(n.op in _V1_CONTROL_FLOW for n in new_nodes):
     raise NotGraftable("the rewrite built v1 control flow")
-  if any(n.op in _PY_FUNC_TYPES for n in new_nodes):
-    raise NotGraftable("the rewrite built a py_func, whose Python function the copy holds")
   with rewritten.as_default():  # a VariableDef is written in graph mode only
     collections = _collection_protos(rewritten)
   imported, late_controls = _importable(new_nodes, old, after, before)
@@ -93,6 +90,7 @@ def graft(graph, rewritten, before, result=None):
                                 [graph.get_operation_by_name(c) for c in controls])
     for edit in edits:
       edit.apply(graph)
+    editor.keep_py_funcs(graph, editor.py_funcs(rewritten))
     translation.collections(collections)
     translation.state(rewritten, graph)
     return translation.value(result)

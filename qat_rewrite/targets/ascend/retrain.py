@@ -209,5 +209,4 @@ def _record_op(graph, writers, record_file):
   flat = [t for w in writers for t in w[1:]]
   with graph.name_scope(RECORD_SCOPE + "/"):
     out = tf.compat.v1.py_func(write, flat, tf.int64, stateful=True, name="write_record")
-  out.op.output_tensor = out  # AMCT's samples read retrain_ops[-1].output_tensor
   return out.op
