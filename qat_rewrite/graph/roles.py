@@ -31,6 +31,15 @@ def of(op):
   return _string(op, ATTRIBUTE)
 
 
+def parameter(op, kind):
+  """The parameter of `op`'s role if the role is of `kind` ("requantize/xnnpack" → "xnnpack"),
+  else None."""
+  role = of(op)
+  if role is None or not role.startswith(kind + "/"):
+    return None
+  return role[len(kind) + 1:]
+
+
 def mark_replacement(tensor, replaced_op_name):
   """Records that `tensor` (output 0 of its op) took over the output of op `replaced_op_name`."""
   assert tensor.value_index == 0, tensor
@@ -55,12 +64,3 @@ def _string(op, attribute):
     return op.get_attr(attribute).decode()
   except ValueError:
     return None
-
-
-def parameter(op, kind):
-  """The parameter of `op`'s role if the role is of `kind` ("requantize/xnnpack" → "xnnpack"),
-  else None."""
-  role = of(op)
-  if role is None or not role.startswith(kind + "/"):
-    return None
-  return role[len(kind) + 1:]
