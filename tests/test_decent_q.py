@@ -358,6 +358,17 @@ def test_rewriting_twice_is_refused(tmp_path):
     decent_q.CreateQuantizeEvaluationGraph(config=_config(tmp_path))
 
 
+def test_a_users_op_named_like_a_quantizer_is_not_taken_for_one(tmp_path):
+  """The rewrite knows its quantizers by their role attribute (graph/roles.py), not by the
+  `/aquant` name a user's op may also have."""
+  graph = tf.Graph()
+  with graph.as_default():
+    raw, _, _, _ = dpu_models.build(is_training=True)
+    tf.identity(raw, name="probe/aquant")
+    report = decent_q.CreateQuantizeTrainingGraph(config=_config(tmp_path))
+  assert report.layers
+
+
 def test_config_must_be_a_quantize_config():
   with pytest.raises(ValueError, match="config must be a decent_q.QuantizeConfig"):
     decent_q.CreateQuantizeTrainingGraph(config={"input_nodes": ["x"]})

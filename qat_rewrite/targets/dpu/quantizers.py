@@ -15,10 +15,13 @@ decent_q's FixNeuron was called). Positions:
 
 import tensorflow as tf
 
-from qat_rewrite.graph import editor
+from qat_rewrite.graph import editor, roles
 from qat_rewrite.quant import pow2
 from qat_rewrite.targets.dpu import arithmetic
 from qat_rewrite.targets.dpu.plan import ACTIVATION, INPUT
+
+
+FIX_NEURON_ROLE = "fix_neuron"  # a point's output Identity (graph/roles.py)
 
 
 def build(graph, plan, training, use_resource, adjust_shift_cut=1, adjust_shift_bias=1):
@@ -37,7 +40,8 @@ def build(graph, plan, training, use_resource, adjust_shift_cut=1, adjust_shift_
       if point.name in rounding_errors:
         source = tf.add(source, rounding_errors[point.name], name="bias_rounding")
       quantized = pow2.fake_quantize(source, point.bits, pos, point.rounding, name="FixNeuron")
-      out = tf.identity(quantized, name=point.name + "/")  # a trailing '/' keeps the exact name
+      out = roles.mark(tf.identity(quantized, name=point.name + "/"),  # '/': the exact name
+                       FIX_NEURON_ROLE)
     editor.reroute(point.tensor, out, point.consumers)
     pos_tensors[point.name] = pos
     if point.simulated:

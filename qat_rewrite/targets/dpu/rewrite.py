@@ -8,7 +8,7 @@ import time
 
 from absl import logging
 
-from qat_rewrite.graph import state
+from qat_rewrite.graph import roles, state
 from qat_rewrite.graph.view import subgraph_ops
 from qat_rewrite.layers import kind_of
 from qat_rewrite.passes import settings_record
@@ -85,7 +85,7 @@ def _check(graph, config):
                        % (field, "starts" if field == "input_nodes" else "ends"))
   config.check_against_graph(graph)
   done = next((op.name for op in graph.get_operations()
-               if op.name.endswith(("/aquant", "/wquant"))), None)
+               if op.type == "Identity" and roles.of(op) == quantizers.FIX_NEURON_ROLE), None)
   if done:
     raise ValueError("the graph already holds decent_q quantizers (%s): build the float graph "
                      "again and rewrite that; a graph is rewritten once" % done)
