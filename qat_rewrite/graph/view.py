@@ -107,18 +107,22 @@ class GraphView:
 def is_fake_quantized(tensor):
   """True if `tensor` comes out of a quantizer (through its delay select, channel reshape or a
   training fold's unscale of the weights)."""
-  for _ in range(4):
+  return unwrapped_quantizer_output(tensor)[0].op.type in FAKE_QUANT_TYPES
+
+
+def unwrapped_quantizer_output(tensor):
+  """(`tensor` without what the rewrite puts after a quantizer: its delay select, its
+  per-channel restore, a training fold's unscale of the weights; the delay condition or None)."""
+  delay = None
+  while True:
     op = tensor.op
-    if op.type in FAKE_QUANT_TYPES:
-      return True
     role = roles.of(op)
     if role == "delay_select":
-      tensor = op.inputs[1]
+      delay, tensor = op.inputs[0], op.inputs[1]
     elif role in ("per_channel_restore", "weight_unscale"):
       tensor = op.inputs[0]
     else:
-      return False
-  return False
+      return tensor, delay
 
 
 def is_weight_unscale(op):

@@ -2,7 +2,7 @@
 needs to know of the quantizers already inserted."""
 
 from qat_rewrite.graph import roles
-from qat_rewrite.graph.view import FAKE_QUANT_TYPES, dropout_input
+from qat_rewrite.graph.view import FAKE_QUANT_TYPES, dropout_input, unwrapped_quantizer_output
 from qat_rewrite.quant.integer_requantize import bypassed_quantizer_values
 
 # Ops whose output values are input values, so an input quantizer's grid is also theirs
@@ -13,17 +13,9 @@ SAME_GRID_TYPES = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "Ma
 
 def weight_quantizer(tensor):
   """(the FakeQuant that quantizes a layer's weights, its delay condition or None), or (None, None)."""
-  delay = None
-  for _ in range(4):
-    op = tensor.op
-    if op.type in ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"):
-      return op, delay
-    if roles.of(op) == "delay_select":
-      delay, tensor = op.inputs[0], op.inputs[1]
-    elif roles.of(op) in ("per_channel_restore", "weight_unscale"):
-      tensor = op.inputs[0]
-    else:
-      break
+  tensor, delay = unwrapped_quantizer_output(tensor)
+  if tensor.op.type in ("FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel"):
+    return tensor.op, delay
   return None, None
 
 
