@@ -616,6 +616,29 @@ def test_a_sum_read_by_a_shortcut_conv_and_its_relu_exports_fully_integer(tmp_pa
   _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path)
 
 
+def test_a_conv_output_read_beside_its_relu_exports_fully_integer(tmp_path):
+  """NASNet's cell input: a 1x1 conv's batch-normed output feeds, zero-padded, the cell's max
+  pool, and two branches that each open with a ReLU of their own. The conv output gets
+  `conv_quant` before all three readers, and the ReLU no layer owns a range of its own; both
+  were float, and with them the conv and its weights (191 float tensors in NASNetMobile)."""
+  def block(x, training):
+    cell_input = _conv_bn(x, 8, 1, 1, training, "cell_conv")
+    pooled = tf.nn.max_pool2d(tf.pad(cell_input, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 1,
+                              "VALID")
+    left = _conv_bn(tf.nn.relu(cell_input), 8, 3, 1, training, "left")
+    right = _conv_bn(tf.nn.relu(cell_input), 8, 1, 1, training, "right")
+    return left + right + pooled
+
+  graph, checkpoint, images = _block_qat(tmp_path, block)
+  quantizer = graph.get_operation_by_name("cell_conv/conv_quant/FakeQuantWithMinMaxVars")
+  readers = quantizer.outputs[0].consumers()
+  assert sorted(c.type for c in readers) == ["Pad", "Relu", "Relu"]
+  for relu in (c for c in readers if c.type == "Relu"):
+    (reader,) = relu.outputs[0].consumers()
+    assert reader.type == "FakeQuantWithMinMaxVars", relu.name
+  _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path)
+
+
 @pytest.mark.parametrize("offset", [0.0, -1.0])
 def test_a_rescaled_input_runs_in_int8_and_takes_the_images_range(tmp_path, offset):
   """Keras' Rescaling layer (MobileNetV3: x / 127.5 - 1) sits between the input and the first

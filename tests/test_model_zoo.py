@@ -35,8 +35,6 @@ CI_MODELS = {
 }
 FULL = os.environ.get("QAT_REWRITE_ZOO") == "full"
 SUBJECTS = list(zoo_models.MODELS) if FULL else list(CI_MODELS)
-# Not fully integer yet (the README's Model zoo table quotes the float tensor count).
-NOT_FULLY_INTEGER = {"NASNetMobile": "191 float tensors in its NAS cells, not investigated"}
 # The first conv reads Keras' Normalization (a Sub and a RealDiv) of the input: the export needs
 # the images' range. A Rescaling alone (MobileNetV3) runs in int8 and needs nothing.
 NEEDS_INPUT_RANGES = {"EfficientNetB0"}
@@ -86,9 +84,6 @@ def test_eval_restores_the_quantizers_training_made(flow):
 def test_exports_a_fully_integer_tflite_model(flow):
   tflite = flow["tflite"]
   assert tflite["input_ranges_needed"] == (flow["model"] in NEEDS_INPUT_RANGES), tflite
-  if flow["model"] in NOT_FULLY_INTEGER:
-    assert not tflite["fully_integer"], "now fully integer: update NOT_FULLY_INTEGER and README"
-    return
   assert tflite["fully_integer"], tflite.get("error")
   # Each runtime against the eval graph that emulates its requantization (requantize=
   # "xnnpack" / "tflite_builtin"): bit-exact where every op on the way is emulated (an int8

@@ -90,6 +90,10 @@ def _run_steps(spec, quantized, batches, steps, workdir, rewrite=None):
     if rewrite is not None:
       report = rewrite()  # decent_q: the loss before the rewrite, as its seed orders it
     train_op = _train_op(loss)
+    # Everything the session runs is built before it starts: an op added later extends the
+    # session's graph, which took minutes and 20 GB on NASNetMobile.
+    reestimate = _batch_norm_reestimation(graph) if quantized else None
+    saver = v1.train.Saver()
     losses, seconds = [], []
     with _session(graph) as sess:
       sess.run(v1.global_variables_initializer())
@@ -98,18 +102,19 @@ def _run_steps(spec, quantized, batches, steps, workdir, rewrite=None):
         start = time.perf_counter()
         losses.append(float(sess.run([train_op, loss], {images: x, labels: y})[1]))
         seconds.append(time.perf_counter() - start)
-      if quantized:
-        _reestimate_batch_norms(sess, graph, {images: x})
+      if reestimate:
+        reestimate(sess, {images: x})
       os.makedirs(workdir, exist_ok=True)
-      checkpoint = v1.train.Saver().save(sess, os.path.join(workdir, "model.ckpt"))
+      checkpoint = saver.save(sess, os.path.join(workdir, "model.ckpt"))
   return graph, report, losses, seconds, checkpoint
 
 
-def _reestimate_batch_norms(sess, graph, feed):
-  """Sets each batch norm's moving mean and variance to the batch statistic its update op
-  averages in on `feed`. Both families update as `v -= (v - batch_stat) * (1 - decay)` in
-  UPDATE_OPS (the rewrite reroutes batch_stat to its fold's statistics), so the statistic is
-  the second input of the `Sub` that reads the variable."""
+def _batch_norm_reestimation(graph):
+  """A function (session, feed) that sets each batch norm's moving mean and variance to the
+  batch statistic its update op averages in on `feed`, or None without batch norms. Both
+  families update as `v -= (v - batch_stat) * (1 - decay)` in UPDATE_OPS (the rewrite reroutes
+  batch_stat to its fold's statistics), so the statistic is the second input of the `Sub` that
+  reads the variable."""
   targets = {}
   for update in graph.get_collection(v1.GraphKeys.UPDATE_OPS):
     update = getattr(update, "op", update)
@@ -121,16 +126,16 @@ def _reestimate_batch_norms(sess, graph, feed):
         raise LookupError("%s: no `variable - batch statistic` input" % update.name)
       targets[variable] = subs[0].inputs[1]
   if not targets:
-    return  # no batch norm (alexnet_v2, vgg)
+    return None  # no batch norm (alexnet_v2, vgg)
   variables = {v.op.name: v for v in graph.get_collection(v1.GraphKeys.GLOBAL_VARIABLES)}
-  values = sess.run(targets, feed)
-  # One assign per variable, run together: a `load` each would extend the session's graph
-  # once per variable (DenseNet121: 240 times, minutes).
-  with graph.as_default():
-    placeholders = {name: v1.placeholder(variables[name].dtype.base_dtype, value.shape)
-                    for name, value in values.items()}
-    assigns = [variables[name].assign(placeholders[name]) for name in values]
-  sess.run(assigns, {placeholders[name]: value for name, value in values.items()})
+  placeholders = {name: v1.placeholder(variables[name].dtype.base_dtype, target.shape)
+                  for name, target in targets.items()}
+  assigns = [variables[name].assign(placeholders[name]) for name in targets]
+
+  def reestimate(sess, feed):
+    values = sess.run(targets, feed)
+    sess.run(assigns, {placeholders[name]: value for name, value in values.items()})
+  return reestimate
 
 
 def train(spec, batches, workdir, result):

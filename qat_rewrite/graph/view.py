@@ -7,6 +7,7 @@ import tensorflow as tf
 from qat_rewrite.graph import roles
 
 RELU_TYPES = ("Relu", "Relu6")
+SHAPE_TYPES = ("Shape", "ShapeN", "Size", "Rank")  # read a tensor's shape, not its values
 FAKE_QUANT_TYPES = frozenset({
     "FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxArgs",
     "FakeQuantWithMinMaxVarsPerChannel"})

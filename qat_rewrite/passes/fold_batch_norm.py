@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from qat_rewrite.graph import editor, roles, state
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.graph.view import (CONTROL_FLOW_TYPES, GraphView,
+from qat_rewrite.graph.view import (CONTROL_FLOW_TYPES, SHAPE_TYPES, GraphView,
                                     constant_value, context, join, value_of)
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.patterns import fused_batch_norm, is_fold_batch_norm, unfused_batch_norm
@@ -37,7 +37,6 @@ from qat_rewrite.quant import fake_quant
 
 # The name scope of what a fold builds: `<layer scope>/BatchNorm_Fold/`, as contrib named it.
 FOLD_SCOPE = "BatchNorm_Fold"
-_SHAPE_ONLY_TYPES = ("Shape", "ShapeN", "Size", "Rank")  # read no values: a fold changes none
 # Graph state (graph/state.py): {layer name: the eval fold's bias, or an _EvalBias until it is
 # asked for}. Which batch norm a fold replaced is a node attribute (roles.mark_replacement).
 _EVAL_BIAS = "fold_batch_norm.eval_bias"
@@ -152,7 +151,7 @@ def _shared_input(view, bn):
   the layer output too (a residual shortcut): folding rescales that output in place."""
   read = bn.inputs[0].op.inputs[0] if bn.inputs[0].op.type == "Reshape" else bn.inputs[0]
   others = [c.name for c in view.consumers(read) if c is not bn and c is not bn.inputs[0].op
-            and c.type not in _SHAPE_ONLY_TYPES
+            and c.type not in SHAPE_TYPES
             and not c.type.startswith("FusedBatchNormGrad")]  # its own gradient
   if others:
     return "the layer output is also read by %s; folding would change what it reads" % others[0]

@@ -5,15 +5,16 @@ working: `weights_quant` on the weights, `act_quant` after the activation (or af
 the last op of a layer without one), `conv_quant` and `add_quant` around a residual
 add before the activation, `post_activation_bypass_quant` after a residual add that
 follows the activation, and `<op>/activation_<Type>_quant` on other Add/Mul ops fed
-by quantized tensors. Beyond contrib, pooling gets the ranges TFLite needs: an AvgPool
-output is rounded on its input quantizer's grid (`<op>/activation_AvgPool_quant`, no new
-variables), a pooling Mean gets a range of its own (`<op>/activation_Mean_quant`), and a max
-pool read by several layers gets its input's grid explicitly (`<op>/activation_MaxPool_quant`).
+by quantized tensors and on a ReLU of a quantized tensor that no layer owns. Beyond contrib,
+pooling gets the ranges TFLite needs: an AvgPool output is rounded on its input quantizer's
+grid (`<op>/activation_AvgPool_quant`, no new variables), a pooling Mean gets a range of its
+own (`<op>/activation_Mean_quant`), and a max pool read by several layers gets its input's grid
+explicitly (`<op>/activation_MaxPool_quant`).
 A concat runs on one grid, as TFLite runs it (`<op>/activation_ConcatV2_quant`): the grid of
 its first input that has one, else a range of its own; a layer output that only concats read
 gets no `act_quant` of its own.
-A residual sum read beside its ReLU gets `add_quant`. Every quantizer feeds every reader of the
-tensor it quantizes.
+A residual sum read beside its ReLU gets `add_quant`, and a layer output read beside its ReLU
+`conv_quant`. Every quantizer feeds every reader of the tensor it quantizes.
 """
 
 import dataclasses
@@ -23,9 +24,10 @@ import tensorflow as tf
 
 from qat_rewrite.graph import editor, roles
 from qat_rewrite.graph.matcher import find_matches
-from qat_rewrite.graph.view import (FAKE_QUANT_TYPES, RELU_TYPES, GraphView, constant_value,
-                                    context, dropout_input, is_dropout, is_fake_quantized,
-                                    is_weight_unscale, join, sole_relu_consumer, variable_source)
+from qat_rewrite.graph.view import (FAKE_QUANT_TYPES, RELU_TYPES, SHAPE_TYPES, GraphView,
+                                    constant_value, context, dropout_input, is_dropout,
+                                    is_fake_quantized, is_weight_unscale, join, sole_relu_consumer,
+                                    variable_source)
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
@@ -114,7 +116,12 @@ def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
   passes_on = m.has("activation") and (m.op("activation").type == "Identity"
                                        or is_dropout(m.op("activation")))
   unfused = m.has("activation") and not passes_on and m.op("activation").type not in fusable
-  if unfused and not m.has("bypass"):
+  # A layer output read beside its fused ReLU (NASNet's cell-input conv, also padded into the
+  # cell's pools) is a tensor of its own: the converter runs the conv in int8 only if every
+  # reader reads its FakeQuant, and then the ReLU requantizes.
+  read_beside = (m.has("activation") and not passes_on and not unfused
+                 and _read_beside(view, last.outputs[0], m.op("activation")))
+  if (unfused or read_beside) and not m.has("bypass"):
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
                      settings.options.activation_spec(), report)
   if m.has("bypass"):
@@ -197,6 +204,11 @@ def _quantize_output(view, tensor, name, settings, spec, report, consumers=None,
   return quantized
 
 
+def _read_beside(view, tensor, reader):
+  """Whether an op besides `reader` reads the values of `tensor` (not just its shape)."""
+  return any(c is not reader and c.type not in SHAPE_TYPES for c in view.consumers(tensor))
+
+
 def _may_update(view, tensor):
   """Whether the range update of a quantizer on `tensor` may join UPDATE_OPS: not in a model
   that a training-flag conditional selects, whose input training never feeds."""
@@ -242,7 +254,7 @@ def _rescaling_chain(tensor):
 
 def _quantize_generic_ops(graph, settings, layer_ops, concatenated):
   """Add/Mul ops fed by quantized tensors get an output quantizer (squeeze-excite, scaling),
-  and so do pools of quantized tensors and concats of quantized or `concatenated` tensors; in
+  and so do ReLUs of quantized tensors that no layer owns, pools of quantized tensors and concats of quantized or `concatenated` tensors; in
   graph order, so a pool sees its input's quantizer and a concat its inner concats."""
   view = GraphView(graph)
   names, memo = [], {}
@@ -262,6 +274,11 @@ def _quantize_generic_ops(graph, settings, layer_ops, concatenated):
       if not view.followed_by_fake_quant(target.outputs[0]):
         _quantize_output(view, target.outputs[0], join(op.name, "activation_%s_quant" % op.type),
                          settings, settings.options.activation_spec(), holder)
+    elif op.type in RELU_TYPES and _reaches_fake_quant(op.inputs[0], memo):
+      # A ReLU no layer owns (NASNet's branches each open with one on the cell input): its own
+      # range, else each reading layer quantizes its output apart and the ReLU runs in float.
+      _quantize_output(view, op.outputs[0], join(op.name, "activation_%s_quant" % op.type),
+                       settings, settings.options.activation_spec(), holder)
     names.extend(holder.quantizers)
   return names
 

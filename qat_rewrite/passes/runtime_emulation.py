@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from qat_rewrite.graph import editor, roles
-from qat_rewrite.graph.view import GraphView, constant_value, context, join
+from qat_rewrite.graph.view import SHAPE_TYPES, GraphView, constant_value, context, join
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES
 from qat_rewrite.passes.fold_batch_norm import folded_away_ops
@@ -20,7 +20,6 @@ _ELEMENTWISE_TYPES = ADD_TYPES + ("Mul", "Mean", "Relu", "Relu6")
 # Identity and reshapes without requantizing).
 _VALUE_PRESERVING_TYPES = ("Identity", "Reshape", "Squeeze", "ExpandDims")
 # Readers of a tensor's shape only (Keras' Reshape reads the batch size so).
-_SHAPE_TYPES = ("Shape", "ShapeN", "Size", "Rank")
 # TFLite's LOGISTIC writes 8 bits on a fixed grid: 1/256, zero point -128.
 _SIGMOID_SCALE = 1.0 / 256.0
 
@@ -88,7 +87,7 @@ def _to_output_quantizer(tensor, dead, with_bias):
   anywhere), or why not."""
   bias, activation = None, None
   while True:
-    readers = [r for r in tensor.consumers() if r not in dead and r.type not in _SHAPE_TYPES]
+    readers = [r for r in tensor.consumers() if r not in dead and r.type not in SHAPE_TYPES]
     if len(readers) != 1:
       return "%s has %d readers" % (tensor.op.name, len(readers))
     reader = readers[0]
@@ -159,7 +158,7 @@ def _passed_on(op):
     shape = op.inputs[0].shape
     if not (shape.rank == 4 and shape[1] == 1 and shape[2] == 1):
       return None
-    readers = [r for r in op.outputs[0].consumers() if r.type not in _SHAPE_TYPES]
+    readers = [r for r in op.outputs[0].consumers() if r.type not in SHAPE_TYPES]
     reshaped = (len(readers) == 1 and readers[0].type in _VALUE_PRESERVING_TYPES
                 and readers[0].outputs[0].shape.rank == 4)
     return op.inputs[0] if op.get_attr("keep_dims") or reshaped else None
