@@ -3,8 +3,9 @@
   python benchmarks/model_zoo.py [MODEL ...] [--out DIR]   # about 45 min on 2 cores
 
 One fresh process per model (the large nets need their memory back), with the DPU deploy on
-the slim nets and the float/QAT step cost. Prints one row per model and writes
-OUT/model_zoo.md; exits 1 if a model's flow failed (its row says where).
+the slim nets and the float/QAT step cost. Prints one row per model and updates
+OUT/model_zoo.md: the models run replace their rows, the others keep theirs, and the run is
+added to the runs it lists. Exits 1 if a model's flow failed (its row says where).
 """
 
 import argparse
@@ -76,6 +77,25 @@ def row(result):
           if dpu else "-"]
 
 
+def merged_table(path, rows, run_line):
+  """The table at `path` (if any) with `rows` in place of the same models' rows, in zoo order,
+  and `run_line` added to the runs it lists: rerunning some models keeps the others' figures."""
+  runs, earlier = [], {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f.read().splitlines():
+        if line.startswith("| ") and not line.startswith("| model |"):
+          earlier[line.split("|")[1].strip()] = line
+        elif line and not line.startswith(("| model |", "|---")):
+          runs.append(line)
+  fresh = {str(r[0]): bench_common.markdown(HEADER, [r]).splitlines()[-1] for r in rows}
+  table = {**earlier, **fresh}
+  order = [n for n in zoo_models.MODELS if n in table] + [n for n in table
+                                                          if n not in zoo_models.MODELS]
+  lines = bench_common.markdown(HEADER, []).splitlines() + [table[n] for n in order]
+  return "\n\n".join(runs + [run_line, "\n".join(lines)])
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("models", nargs="*", default=list(zoo_models.MODELS))
@@ -92,13 +112,14 @@ def main(argv=None):
       rows.append(row(result))
       print("| %s |  (%.0f s)" % (" | ".join(str(c) for c in rows[-1]), time.time() - start),
             flush=True)
-  text = "\n".join([
-      "Model zoo: %s; load average %.1f at the start; %.0f min in all. Batch 2, 2 QAT steps"
-      " (agreement on the logits of the 4 training images), step cost the median of steps 2-4."
-      % (bench_common.machine(), load, (time.time() - started) / 60),
-      "", bench_common.markdown(HEADER, rows)])
-  print(text)
+  run_line = ("Model zoo, `python benchmarks/model_zoo.py %s`: %s; %s; load average %.1f at the"
+              " start; %.0f min in all. Batch 2, 2 QAT steps (agreement on the logits of the 4"
+              " training images), step cost the median of steps 2-4."
+              % (" ".join(args.models), bench_common.machine(), time.strftime("%Y-%m-%d"), load,
+                 (time.time() - started) / 60))
   os.makedirs(args.out, exist_ok=True)
+  text = merged_table(os.path.join(args.out, "model_zoo.md"), rows, run_line)
+  print(text)
   with open(os.path.join(args.out, "model_zoo.md"), "w") as f:
     f.write(text + "\n")
   return 1 if failed else 0

@@ -225,6 +225,28 @@ def test_refusals_leave_the_graph_unchanged(flow, tmp_path):
     assert len(graph.get_operations()) == before
 
 
+def test_a_users_ops_named_like_amcts_are_not_taken_for_a_rewrite(flow, tmp_path):
+  """A graph is known as already rewritten by the role AMCT's own ops carry, not by their names:
+  a user's `probe/ULQ/output` and `probe/calibration/observe` were refused."""
+  def build_with_probes(is_training):
+    images, _, _, _ = ascend_models.build(is_training=is_training)
+    tf.identity(images, name="probe/ULQ/output")
+    tf.identity(images, name="probe/calibration/observe")
+
+  with tf.Graph().as_default() as graph:
+    build_with_probes(True)
+    ops = amct.create_quant_retrain_model(graph, flow["config"], str(tmp_path / "r.txt"))
+    assert ops.report.layers
+  config = str(tmp_path / "calib.json")
+  with tf.Graph().as_default() as graph:
+    build_with_probes(False)
+    amct.create_quant_config(config, graph, batch_num=1)
+    assert len(amct.quantize_model(graph, config, str(tmp_path / "c.txt"))) == len(
+        ascend_models.LAYERS)
+    with pytest.raises(ValueError, match="already holds AMCT calibration ops"):
+      amct.quantize_model(graph, config, str(tmp_path / "c.txt"))
+
+
 def test_fixed_min_pins_the_lower_clip_at_zero(tmp_path):
   cfg = tmp_path / "retrain.cfg"
   cfg.write_text("retrain_data_quant_config { ulq_quantize { fixed_min: true } }\n"

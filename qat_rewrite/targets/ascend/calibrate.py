@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from qat_rewrite import files
-from qat_rewrite.graph import editor
+from qat_rewrite.graph import editor, roles
 from qat_rewrite.passes.rewrite import fold_for_quantization
 from qat_rewrite.quant import range_estimators
 from qat_rewrite.report import FloatOp, LayerReport
@@ -24,6 +24,7 @@ from qat_rewrite.targets.ascend import layers as ascend_layers
 from qat_rewrite.targets.ascend import numerics, record
 
 SCOPE = "calibration"
+OBSERVE_ROLE = "amct_observe"  # the py_func that hands a layer's statistics to the record
 
 
 class Calibration:
@@ -78,7 +79,7 @@ def rewrite(graph, config_file, record_file, range_method="min_max"):
   with graph.as_default(), graph.name_scope(None):
     batch_num, activation_offset, configs = ascend_config.read_calibration_json(config_file)
     files.check_output_dir(os.path.dirname(os.path.abspath(record_file)))
-    if any(op.name.endswith("/%s/observe" % SCOPE) for op in graph.get_operations()):
+    if any(roles.of(op) == OBSERVE_ROLE for op in graph.get_operations()):
       raise ValueError("the graph already holds AMCT calibration ops: call quantize_model once")
     found = ascend_layers.find_layers(graph)
     names = {op.name for op in graph.get_operations()}
@@ -131,6 +132,7 @@ def _observe(graph, op, channel_wise, calibration):
     observe = tf.compat.v1.py_func(
         lambda *args, name=op.name: calibration.observe(name, *args) or 0,
         statistics, tf.int64, stateful=True, name="observe")
+    roles.mark(observe, OBSERVE_ROLE)
     with tf.control_dependencies([observe]):
       editor.replace_input(op, kind.data_input, tf.identity(x, name="output"))
   return observe.op

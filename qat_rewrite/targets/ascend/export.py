@@ -10,12 +10,13 @@ import os
 from absl import logging
 
 from qat_rewrite import files
-from qat_rewrite.graph import frozen
+from qat_rewrite.graph import frozen, roles
 from qat_rewrite.passes.rewrite import fold_for_quantization
 from qat_rewrite.targets.ascend import deploy
 from qat_rewrite.targets.ascend import layers as ascend_layers
 from qat_rewrite.targets.ascend import record
-from qat_rewrite.targets.ascend.retrain import DATA_SCOPE, WEIGHT_SCOPE
+from qat_rewrite.targets.ascend.calibrate import OBSERVE_ROLE
+from qat_rewrite.targets.ascend.retrain import DATA_SCOPE, ULQ_ROLE, WEIGHT_SCOPE
 
 QUANTIZED_SUFFIX = "_quantized.pb"
 FAKE_QUANT_SUFFIX = "_fake_quant.pb"
@@ -37,8 +38,7 @@ def save_calibrated(pb_model, outputs, record_file, save_path):
   """From the ORIGINAL float frozen graph and the calibration record: fold, then quantize."""
   graph, outputs, records, target = _inputs(pb_model, outputs, record_file, save_path)
   deploy.check_no_training_batch_norm(graph, "pb_model %s" % pb_model)
-  if any(op.name.endswith(("/%s/input" % DATA_SCOPE, "/calibration/observe"))
-         for op in graph.get_operations()):
+  if any(roles.of(op) in (ULQ_ROLE, OBSERVE_ROLE) for op in graph.get_operations()):
     raise ValueError("pb_model %s already holds AMCT ops: save_model takes the original float "
                      "model" % pb_model)
   found = ascend_layers.find_layers(graph)

@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from qat_rewrite import files
-from qat_rewrite.graph import editor
+from qat_rewrite.graph import editor, roles
 from qat_rewrite.graph.view import GraphView
 from qat_rewrite.passes.fold_batch_norm import find_batch_norm_folds, unscale_on_weights
 from qat_rewrite.passes.rewrite import fold_for_quantization
@@ -26,6 +26,7 @@ from qat_rewrite.targets.ascend import numerics, record
 
 DATA_SCOPE, WEIGHT_SCOPE = "ULQ", "ARQ"
 RECORD_SCOPE = "amct_record"
+ULQ_ROLE = "amct_ulq"  # the Identity a retrained layer reads its quantized data from
 
 
 class RetrainOps(list):
@@ -75,7 +76,7 @@ def rewrite(graph, config_file, record_file):
 
 def _plan(graph, configs, config_file):
   """The layers to quantize, the float ops with reasons, the warnings; raises on a bad config."""
-  if any(op.name.endswith("/%s/output" % DATA_SCOPE) for op in graph.get_operations()):
+  if any(roles.of(op) == ULQ_ROLE for op in graph.get_operations()):
     raise ValueError("the graph already holds AMCT retrain quantizers: call "
                      "create_quant_retrain_model once per graph, on the float graph")
   found = ascend_layers.find_layers(graph)
@@ -128,7 +129,8 @@ def _quantize_layer(graph, op, cfg, use_resource):
     clip_min_now, clip_max_now = _initialized_from_data(x, clip_min, clip_max, initialized,
                                                          data.fixed_min)
     y = numerics.ulq(x, clip_min_now, clip_max_now, data.fixed_min)
-    editor.replace_input(op, kind.data_input, tf.identity(y, name="output"))
+    editor.replace_input(op, kind.data_input,
+                         roles.mark(tf.identity(y, name="output"), ULQ_ROLE))
   scale_w = None
   if kind.weight_input is not None:
     with graph.name_scope("%s/%s/" % (op.name, WEIGHT_SCOPE)):
