@@ -254,8 +254,9 @@ def _rescaling_chain(tensor):
 
 def _quantize_generic_ops(graph, settings, layer_ops, concatenated):
   """Add/Mul ops fed by quantized tensors get an output quantizer (squeeze-excite, scaling),
-  and so do ReLUs of quantized tensors that no layer owns, pools of quantized tensors and concats of quantized or `concatenated` tensors; in
-  graph order, so a pool sees its input's quantizer and a concat its inner concats."""
+  and so do ReLUs of quantized tensors that no layer owns, pools of quantized tensors and
+  concats of quantized or `concatenated` tensors; in graph order, so a pool sees its input's
+  quantizer and a concat its inner concats."""
   view = GraphView(graph)
   names, memo = [], {}
   for op in list(view.ops):

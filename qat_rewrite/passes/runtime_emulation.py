@@ -19,7 +19,6 @@ _ELEMENTWISE_TYPES = ADD_TYPES + ("Mul", "Mean", "Relu", "Relu6")
 # Ops between an op and its output quantizer that leave the integers as they are (TFLite drops an
 # Identity and reshapes without requantizing).
 _VALUE_PRESERVING_TYPES = ("Identity", "Reshape", "Squeeze", "ExpandDims")
-# Readers of a tensor's shape only (Keras' Reshape reads the batch size so).
 # TFLite's LOGISTIC writes 8 bits on a fixed grid: 1/256, zero point -128.
 _SIGMOID_SCALE = 1.0 / 256.0
 
