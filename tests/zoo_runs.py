@@ -40,6 +40,7 @@ class ZooRuns:
     self._pool = concurrent.futures.ThreadPoolExecutor(self._workers)
     self._started = time.perf_counter()
     self.seconds = {}  # name: the flow's wall time, for the session's summary
+    self.agreement = {}  # name: its TFLite agreement with both runtimes, for the summary
     self._futures = {name: self._pool.submit(self._run, name, flags)
                      for name, flags in commands.items()}
 
@@ -48,11 +49,14 @@ class ZooRuns:
     return self._futures[name].result()
 
   def summary(self):
-    """One line: each finished flow's wall time and the zoo's, from collection to the last."""
+    """One line: each finished flow's wall time and TFLite agreement (equal logits with XNNPACK
+    / the builtin kernels, worst LSB: what CI logs keep of the zoo's bit-exactness), and the
+    zoo's time from collection to the last."""
     if not self.seconds:
       return "zoo flows: none finished"
     return "zoo flows (%d at a time): %s; all done %.0f s after collection" % (
-        self._workers, ", ".join("%s %.0f s" % kv for kv in self.seconds.items()),
+        self._workers, ", ".join("%s %.0f s%s" % (name, seconds, self.agreement.get(name, ""))
+                                 for name, seconds in self.seconds.items()),
         self._last_done - self._started)
 
   def close(self):
@@ -87,7 +91,13 @@ class ZooRuns:
     lines = [l for l in stdout.splitlines() if l.startswith(zoo_flow.RESULT_TAG)]
     if process.returncode != 0 or not lines:
       raise FlowFailed("%s failed (exit %s):\n%s" % (name, process.returncode, stderr[-3000:]))
-    return json.loads(lines[0][len(zoo_flow.RESULT_TAG):])
+    result = json.loads(lines[0][len(zoo_flow.RESULT_TAG):])
+    runtimes = [result.get("tflite", {}).get(k) for k in ("xnnpack", "builtin")]
+    if all(runtimes):
+      self.agreement[name] = " (%s, %d LSB)" % (
+          " / ".join("%.1f%%" % (100 * r["equal_share"]) for r in runtimes),
+          max(r["max_lsb"] for r in runtimes))
+    return result
 
 
 def start(items):
