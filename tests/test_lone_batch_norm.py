@@ -37,11 +37,16 @@ def trained(tmp_path_factory):
   report, checkpoint, training_quantizers = train_preact_resnet(
       lambda: quantize.experimental_create_training_graph(**OPTIONS), 20,
       os.path.join(directory, "model.ckpt"))
-  with tf.Graph().as_default() as evaluation:
-    preact_resnet(training=False)
-    eval_report = quantize.experimental_create_eval_graph(**OPTIONS)
+  evaluation, eval_report = eval_graph("float")
   return dict(report=report, eval_report=eval_report, graph=evaluation, checkpoint=checkpoint,
               directory=directory, training_quantizers=training_quantizers)
+
+
+def eval_graph(requantize):
+  with tf.Graph().as_default() as evaluation:
+    preact_resnet(training=False)
+    report = quantize.experimental_create_eval_graph(requantize=requantize, **OPTIONS)
+  return evaluation, report
 
 
 def train_preact_resnet(rewrite, steps, path):
@@ -81,10 +86,19 @@ def test_every_batch_norm_folds_and_nothing_stays_float(trained):
 
 
 def test_the_tflite_model_is_fully_integer_and_matches_the_eval_graph(trained, tmp_path):
+  """Each runtime against the eval graph that emulates its integer requantization, on 768
+  logits: the float eval graph's sums part from the integer ones near rounding ties, and how
+  often depends on the CPU's float kernels (CI's machine: 2 of 48 logits 1 LSB off where this
+  one had none), so the float graph cannot be held to the issue's 99%."""
   result = to_tflite(trained["graph"], str(tmp_path / "preact.tflite"), ["images"],
                      ["net_out"], checkpoint=trained["checkpoint"])
-  (agreement,) = compare_tflite(result, {"images": IMAGES}).values()
-  assert agreement.equal_share >= 0.99 and agreement.max_lsb <= 1, agreement
+  images = np.random.RandomState(5).uniform(0, 1, (256, 8, 8, 3)).astype(np.float32)
+  for delegates, mode in ((True, "xnnpack"), (False, "tflite_builtin")):
+    (agreement,) = compare_tflite(result, {"images": images}, delegates=delegates,
+                                  reference=eval_graph(mode)[0],
+                                  checkpoint=trained["checkpoint"]).values()
+    assert agreement.elements == 768, agreement
+    assert agreement.equal_share >= 0.99 and agreement.max_lsb <= 1, (mode, agreement)
 
 
 def test_a_shortcut_still_reads_the_unnormalized_layer_output():
