@@ -1,13 +1,15 @@
 """Where a QAT training step's extra time goes: per-op time of the float and the QAT step, by kind.
 
 Traces a few training steps (TF's RunMetadata, FULL_TRACE) of a Keras application called with
-training=True in a tf.compat.v1 graph, float and after `quantize.create_training_graph`, and
-sums each op's kernel time by what made the op:
+training=True in a tf.compat.v1 graph, float and after `quantize.create_training_graph` (or,
+with --dpu, `decent_q.CreateQuantizeTrainingGraph`), and sums each op's kernel time by what
+made the op:
 
   model          the user's own ops but their batch norms
   fold           the batch norms: in the QAT graph, the fold that computes them
                  (BatchNorm_Fold/, mul_fold, post_conv_mul)
-  <role>_quant   a quantizer: act_quant, weights_quant, conv_quant, add_quant, ...
+  <role>_quant   a quantizer: act_quant, weights_quant, conv_quant, add_quant, ...;
+                 the DPU's FixNeurons: aquant, wquant
   optimizer      variable updates and the step counter
 
 and the same for their gradients ("gradients/" ops are charged to the forward op they
@@ -15,6 +17,7 @@ differentiate). Kernel times summed over ops are CPU time, not wall time: two co
 independent ops at once. Run it on an idle machine; the README's Training step cost quotes it.
 
   python benchmarks/profile_step.py [--model mobilenetv2|resnet50] [--size 224] [--batch 8]
+                                    [--dpu]
 """
 
 import argparse
@@ -24,10 +27,11 @@ import statistics
 
 import bench_common as common
 from bench_common import v1
+import bench_step_cost  # dpu_rewrite
 import resnet50_rewrite as graphs  # build_graph, add_train_op
 
 # An op's kind, from the first scope component that names one (the rewrite's scope names).
-_QUANT_SCOPE = re.compile(r"^\w*_quant$")
+_QUANT_SCOPE = re.compile(r"^(\w*_quant|aquant|wquant)$")
 _FOLD_SCOPES = ("BatchNorm_Fold", "mul_fold", "post_conv_mul")
 _OPTIMIZER_SCOPES = ("GradientDescent", "fake_quantization_step")
 
@@ -79,10 +83,12 @@ def medians(traces):
           statistics.median(wall for _, wall in traces))
 
 
-def session_for(model, size, x, y, quantized):
+def session_for(model, size, x, y, quantized, dpu=False):
   """(session, train op, feed, graph op count) of the float or the rewritten model."""
   b = graphs.build_graph(model, size)
-  if quantized:
+  if quantized and dpu:
+    bench_step_cost.dpu_rewrite(b)
+  elif quantized:
     graphs.time_rewrite(b)
   graphs.add_train_op(b)
   sess = v1.Session(graph=b.graph)
@@ -99,18 +105,21 @@ def main(argv=None):
   parser.add_argument("--size", type=int, default=224)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--dpu", action="store_true", help="the DPU rewrite (decent_q)")
   args = parser.parse_args(argv)
   graphs.BATCH = args.batch
   x, y = common.random_batch(args.batch, args.size)
-  runs = [session_for(args.model, args.size, x, y, quantized) for quantized in (False, True)]
+  runs = [session_for(args.model, args.size, x, y, quantized, args.dpu)
+          for quantized in (False, True)]
   traces = [[], []]
   for _ in range(args.steps):  # in turn, so that machine load falls on both alike
     for run, trace in zip(runs, traces):
       trace.append(traced_step(*run[:3]))
   (flt, flt_wall), (qat, qat_wall) = medians(traces[0]), medians(traces[1])
   flt_total, qat_total = sum(flt.values()), sum(qat.values())
-  print("%s %dx%d batch %d, %s; median of %d traced steps each, interleaved" % (
-      args.model, args.size, args.size, args.batch, common.machine(), args.steps))
+  print("%s %dx%d batch %d, %s rewrite, %s; median of %d traced steps each, interleaved" % (
+      args.model, args.size, args.size, args.batch, "DPU" if args.dpu else "contrib",
+      common.machine(), args.steps))
   print("graph ops: float %d, QAT %d" % (runs[0][3], runs[1][3]))
   print("step wall time: float %.3f s, QAT %.3f s (%.2fx)" % (flt_wall, qat_wall,
                                                               qat_wall / flt_wall))
