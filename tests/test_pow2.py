@@ -83,6 +83,27 @@ def test_graph_ops_agree_with_numpy(method, rounding):
   assert zero_pos == pow2.ALL_ZERO_POS
 
 
+@pytest.mark.parametrize("rounding", [pow2.HALF_AWAY, pow2.HALF_UP])
+def test_the_search_measures_half_step_ties_as_each_rounding_does(rounding):
+  """Values exactly halfway between grid points of each candidate position, and just past
+  the clamp, where rounding half to even and the tensor's own rounding part: the squared error
+  of each position, and so the position, is numpy's."""
+  for seed in range(20):
+    rng = np.random.RandomState(seed)
+    start = 4
+    ties = [(rng.randint(-120, 120) + 0.5) * 2.0 ** -(start + i) for i in range(5)
+            for _ in range(rng.randint(0, 4))]
+    clamped = [(127.5 + k) * 2.0 ** -(start + i) * sign for i in range(1, 5)
+               for k in range(2) for sign in (1, -1)]
+    values = np.array(ties + clamped[:rng.randint(0, 4)] + [127.0 * 2.0 ** -start],
+                      np.float32)
+    with tf.Graph().as_default():
+      x = tf.compat.v1.placeholder(tf.float32, values.shape)
+      with tf.compat.v1.Session() as sess:
+        pos = sess.run(pow2.choose_pos_tf(x, 8, 1, rounding), {x: values})
+    assert pos == pow2.choose_pos(values, 8, 1, rounding), (seed, values)
+
+
 def test_training_positions_are_counted_and_eval_uses_the_most_frequent(tmp_path):
   batches = [np.full(4, v, np.float32) for v in (1.0, 1.0, 0.2, 1.0, 0.2)]  # pos 6, 6, 9, 6, 9
   with tf.Graph().as_default():
