@@ -619,8 +619,9 @@ def test_a_sum_read_by_a_shortcut_conv_and_its_relu_exports_fully_integer(tmp_pa
 def test_a_conv_output_read_beside_its_relu_exports_fully_integer(tmp_path):
   """NASNet's cell input: a 1x1 conv's batch-normed output feeds, zero-padded, the cell's max
   pool, and two branches that each open with a ReLU of their own. The conv output gets
-  `conv_quant` before all three readers, and the ReLU no layer owns a range of its own; both
-  were float, and with them the conv and its weights (191 float tensors in NASNetMobile)."""
+  `conv_quant` before its readers, and both branches read one quantized ReLU: without a
+  quantizer both were float, and with them the conv and its weights (191 float tensors in
+  NASNetMobile); with a range for each ReLU, the converter merged them and kept one."""
   def block(x, training):
     cell_input = _conv_bn(x, 8, 1, 1, training, "cell_conv")
     pooled = tf.nn.max_pool2d(tf.pad(cell_input, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 1,
@@ -632,10 +633,13 @@ def test_a_conv_output_read_beside_its_relu_exports_fully_integer(tmp_path):
   graph, checkpoint, images = _block_qat(tmp_path, block)
   quantizer = graph.get_operation_by_name("cell_conv/conv_quant/FakeQuantWithMinMaxVars")
   readers = quantizer.outputs[0].consumers()
-  assert sorted(c.type for c in readers) == ["Pad", "Relu", "Relu"]
-  for relu in (c for c in readers if c.type == "Relu"):
-    (reader,) = relu.outputs[0].consumers()
-    assert reader.type == "FakeQuantWithMinMaxVars", relu.name
+  assert sorted(c.type for c in readers) == ["Pad", "Relu"]
+  (relu,) = (c for c in readers if c.type == "Relu")
+  (relu_quant,) = relu.outputs[0].consumers()
+  assert relu_quant.type == "FakeQuantWithMinMaxVars"
+  branch_inputs = {graph.get_operation_by_name(name).inputs[0].op
+                   for name in ("left/Conv2D", "right/Conv2D")}
+  assert branch_inputs == {relu_quant}
   _assert_exports_with_the_learned_input_range(graph, checkpoint, images, tmp_path)
 
 

@@ -63,6 +63,7 @@ class Settings:
 
 def insert_quantizers(graph, settings, folded):
   """Quantizes every matched layer; returns (layer reports, other quantizers, float ops)."""
+  _merge_repeated_relus(graph, settings)
   view = GraphView(graph)
   # A layer's chain ends where the scope ends; folded-away ops never run.
   excluded = folded_away_ops(view) | {op for op in view.ops if not settings.options.in_scope(op)}
@@ -101,6 +102,23 @@ def insert_quantizers(graph, settings, folded):
   return reports, others, float_ops
 
 
+def _merge_repeated_relus(graph, settings):
+  """The readers of a second ReLU (or ReLU6) of one tensor read the first's output instead
+  (NASNet opens each branch of a cell with a ReLU of the cell input). The converter merges such
+  ReLUs into one before it fuses them into the layer, so the int8 model rounds their values
+  once, on one grid; apart, they had a range each and the layer output a third, rounded twice.
+  The second ReLU stays in the graph, unread, and reads the first (the same values), so the
+  layer output has one reader: the ReLU fused into it."""
+  for op in graph.get_operations():
+    if op.type not in RELU_TYPES or not settings.options.in_scope(op):
+      continue
+    first = next(c for c in op.inputs[0].consumers() if c.type == op.type
+                 and settings.options.in_scope(c))
+    if first is not op:
+      editor.reroute(op.outputs[0], first.outputs[0], list(op.outputs[0].consumers()))
+      editor.replace_input(op, 0, first.outputs[0])
+
+
 def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
   layer = m.op("layer")
   kind = kind_of(layer)
@@ -130,7 +148,9 @@ def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
     # alone, so a conv output also read by the next block stayed float).
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
                      settings.options.activation_spec(), report)
-    if not m.has("activation") or unfused:
+    if _read_only_by_concats(view, m.tensor("bypass"), settings):
+      concatenated.add(m.tensor("bypass"))
+    elif not m.has("activation") or unfused:
       _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
                        settings.options.activation_spec(), report)
     elif len(view.consumers(m.tensor("bypass"))) > 1:
@@ -272,14 +292,15 @@ def _quantize_generic_ops(graph, settings, layer_ops, concatenated):
       _quantize_concat(view, op, settings, memo, concatenated, holder)
     elif op.type in _GENERIC_TYPES and any(_reaches_fake_quant(t, memo) for t in op.inputs):
       target = sole_relu_consumer(op) or op  # an add fused with its ReLU is quantized after it
-      if not view.followed_by_fake_quant(target.outputs[0]):
-        _quantize_output(view, target.outputs[0], join(op.name, "activation_%s_quant" % op.type),
-                         settings, settings.options.activation_spec(), holder)
+      _quantize_unless_concatenated(view, target.outputs[0],
+                                    join(op.name, "activation_%s_quant" % op.type), settings,
+                                    concatenated, holder)
     elif op.type in RELU_TYPES and _reaches_fake_quant(op.inputs[0], memo):
       # A ReLU no layer owns (NASNet's branches each open with one on the cell input): its own
       # range, else each reading layer quantizes its output apart and the ReLU runs in float.
-      _quantize_output(view, op.outputs[0], join(op.name, "activation_%s_quant" % op.type),
-                       settings, settings.options.activation_spec(), holder)
+      _quantize_unless_concatenated(view, op.outputs[0],
+                                    join(op.name, "activation_%s_quant" % op.type), settings,
+                                    concatenated, holder)
     names.extend(holder.quantizers)
   return names
 
@@ -313,6 +334,18 @@ def _quantize_pool(view, op, settings, memo, report):
       quantized = fake_quant.delay_select(delay, quantized, output)
   editor.reroute(output, quantized, consumers)
   report.quantizers.append(scope.rstrip("/"))
+
+
+def _quantize_unless_concatenated(view, tensor, name, settings, concatenated, report):
+  """An output quantizer on `tensor`, unless it has one or only concats read it: the
+  converter writes such a tensor on its concat's grid, whatever range it had (NASNet's
+  `h + sep(h)` branch, 1 LSB off on a third of its logits with a range of its own)."""
+  if view.followed_by_fake_quant(tensor):
+    return
+  if _read_only_by_concats(view, tensor, settings):
+    concatenated.add(tensor)
+    return
+  _quantize_output(view, tensor, name, settings, settings.options.activation_spec(), report)
 
 
 def _read_only_by_concats(view, tensor, settings):
