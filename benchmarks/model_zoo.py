@@ -11,6 +11,7 @@ added to the runs it lists. Exits 1 if a model's flow failed (its row says where
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,12 @@ def run_model(name, workdir):
   for line in done.stdout.splitlines():
     if line.startswith(zoo_flow.RESULT_TAG):
       return json.loads(line[len(zoo_flow.RESULT_TAG):])
-  return {"model": name, "error": " ".join((done.stderr or done.stdout)[-300:].split())}
+  tail = " ".join((done.stderr or done.stdout)[-300:].split())
+  if done.returncode < 0:  # killed: its output ends mid-log and says nothing of why
+    killed = signal.Signals(-done.returncode)
+    tail = "killed by %s%s; its output ended: %s" % (
+        killed.name, " (out of memory, most likely)" if killed == signal.SIGKILL else "", tail)
+  return {"model": name, "error": tail}
 
 
 def _agreement(record):
