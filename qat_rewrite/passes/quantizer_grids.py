@@ -6,9 +6,9 @@ from qat_rewrite.graph.view import FAKE_QUANT_TYPES, dropout_input, unwrapped_qu
 from qat_rewrite.quant.integer_requantize import bypassed_quantizer_values
 
 # Ops whose output values are input values, so an input quantizer's grid is also theirs
-# (Pad adds zeros, which every range holds).
+# (Pad adds zeros, which every range holds; a slice is Keras' Cropping2D).
 SAME_GRID_TYPES = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "MaxPool", "Max",
-                             "BatchToSpaceND", "SpaceToBatchND", "Pad"})
+                             "BatchToSpaceND", "SpaceToBatchND", "Pad", "StridedSlice", "Slice"})
 
 
 def weight_quantizer(tensor):
