@@ -148,11 +148,9 @@ def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
     # alone, so a conv output also read by the next block stayed float).
     _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
                      settings.options.activation_spec(), report)
-    if _read_only_by_concats(view, m.tensor("bypass"), settings):
-      concatenated.add(m.tensor("bypass"))
-    elif not m.has("activation") or unfused:
-      _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
-                       settings.options.activation_spec(), report)
+    if not m.has("activation") or unfused:
+      _quantize_unless_concatenated(view, m.tensor("bypass"), join(add_ctx, "add_quant"),
+                                    settings, concatenated, report)
     elif len(view.consumers(m.tensor("bypass"))) > 1:
       # A sum read beside its ReLU (Xception's next shortcut) is a tensor of its own: the
       # converter quantizes an ADD only if every reader, the ReLU too, reads its FakeQuant.
@@ -165,11 +163,8 @@ def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
   if m.has("activation") or not m.has("bypass"):
     # Before a dropout: training quantizes what eval quantizes, the values it drops at random.
     output = dropout_input(last) if is_dropout(last) else last.outputs[0]
-    if _read_only_by_concats(view, output, settings):
-      concatenated.add(output)
-    else:
-      _quantize_output(view, output, join(ctx, "act_quant"), settings,
-                       settings.options.activation_spec(), report)
+    _quantize_unless_concatenated(view, output, join(ctx, "act_quant"), settings, concatenated,
+                                  report)
   if m.has("post_bypass"):
     _quantize_output(view, m.tensor("post_bypass"), join(context(m.op("post_bypass")),
                      "post_activation_bypass_quant"), settings, settings.options.activation_spec(),
@@ -338,8 +333,9 @@ def _quantize_pool(view, op, settings, memo, report):
 
 def _quantize_unless_concatenated(view, tensor, name, settings, concatenated, report):
   """An output quantizer on `tensor`, unless it has one or only concats read it: the
-  converter writes such a tensor on its concat's grid, whatever range it had (NASNet's
-  `h + sep(h)` branch, 1 LSB off on a third of its logits with a range of its own)."""
+  converter writes such a tensor (a layer output, a residual sum, an add) on its concat's
+  grid, whatever range it had (NASNet's `h + sep(h)` branch, 1 LSB off on a third of its
+  logits with a range of its own); it joins `concatenated`."""
   if view.followed_by_fake_quant(tensor):
     return
   if _read_only_by_concats(view, tensor, settings):
