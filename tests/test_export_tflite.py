@@ -509,26 +509,38 @@ def test_a_converter_error_keeps_its_cause_and_drops_the_mlir_dump(tmp_path):
   assert not out.exists()
 
 
-def test_a_squeezed_output_keeps_the_batch_free(tmp_path):
-  """slim's nets end in a SpatialSqueeze, which the converter fixed to a batch of 1: the model
-  is exported with a Reshape to [-1, C] and runs a batch of 5."""
+def _slim_spatial_squeeze(logits):
+  return tf.squeeze(logits, [1, 2], name="head")
+
+
+def _keras_reshape(logits):
+  import tf_keras  # pylint: disable=import-outside-toplevel
+  return tf.identity(tf_keras.layers.Reshape((3,))(logits), name="head")
+
+
+@pytest.mark.parametrize("head", [_slim_spatial_squeeze, _keras_reshape])
+def test_a_reshaped_head_keeps_the_batch_free(tmp_path, head):
+  """slim's nets end in a SpatialSqueeze and Keras' MobileNet in a Reshape layer (to
+  `[tf.shape(x)[0], C]`); the converter fixed both to a batch of 1 and the interpreter then
+  refused a batch of 5 (XNNPACK: "failed to reshape"). Both are exported as a Reshape to
+  [-1, C] and run a batch of 5 on both runtimes."""
   def build(training):
     images = v1.placeholder(tf.float32, [None, 4, 4, 1], name="images")
     x = v1.layers.conv2d(images, 4, 3, name="conv1", activation=tf.nn.relu,
                          kernel_initializer=v1.glorot_uniform_initializer(seed=1))
-    logits = v1.layers.conv2d(x, 3, 2, name="logits",
-                              kernel_initializer=v1.glorot_uniform_initializer(seed=2))
-    return tf.squeeze(logits, [1, 2], name="SpatialSqueeze")
+    return head(v1.layers.conv2d(x, 3, 2, name="logits",
+                                 kernel_initializer=v1.glorot_uniform_initializer(seed=2)))
 
   images = np.random.RandomState(0).uniform(0, 1, (5, 4, 4, 1)).astype(np.float32)
   graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
                                 per_channel_weights=True, quantize_inputs=True)
-  result = to_tflite(graph, str(tmp_path / "squeezed.tflite"), ["images"], ["SpatialSqueeze"],
+  result = to_tflite(graph, str(tmp_path / "head.tflite"), ["images"], ["head"],
                      checkpoint=checkpoint)
   _, inputs, outputs = tensor_details(result.path)
   assert list(inputs[0]["shape_signature"]) == [1, 4, 4, 1]
-  (agreement,) = compare_tflite(result, {"images": images}).values()
-  assert agreement.elements == 15 and agreement.equal_share >= 0.99, agreement
+  for delegates in (True, False):
+    (agreement,) = compare_tflite(result, {"images": images}, delegates=delegates).values()
+    assert agreement.elements == 15 and agreement.equal_share >= 0.99, (delegates, agreement)
 
 
 def _block_qat(tmp_path, block):

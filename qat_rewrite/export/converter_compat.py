@@ -47,31 +47,33 @@ def dense_per_channel_as_conv(graph_def, output_nodes):
   return tf.compat.v1.graph_util.extract_sub_graph(out, list(output_nodes))
 
 
-def squeeze_as_reshape(graph_def, output_nodes):
-  """Squeeze of non-batch axes -> Reshape to [-1, remaining dims]: the same values.
+def batch_free_reshapes(graph_def, output_nodes):
+  """Reshapes that the converter would fix to a batch of 1 -> Reshape to [-1, static dims].
 
-  The converter is given a batch of 1 and makes a Squeeze (slim's SpatialSqueeze before the
-  logits) a RESHAPE to the fixed shape [1, C], which the interpreter cannot resize to another
-  batch. A Reshape to [-1, C] keeps the batch free.
+  The converter is given a batch of 1 and constant-folds every shape it can: a Squeeze of
+  non-batch axes (slim's SpatialSqueeze before the logits) becomes a RESHAPE to [1, C], and so
+  does a Reshape whose target shape is computed from the input's batch (Keras' Reshape layer,
+  `[tf.shape(x)[0], C]`: the head of Keras' MobileNet). The interpreter cannot resize either
+  to another batch. When the output's static shape is [None, known dims], a Reshape to
+  [-1, those dims] gives the same values (row-major order, one free dimension) at any batch.
   """
-  squeezes = [n for n in graph_def.node if n.op == "Squeeze" and n.attr["squeeze_dims"].list.i]
-  if not squeezes:
+  ops = {n.name: n.op for n in graph_def.node}
+  candidates = [n for n in graph_def.node
+                if (n.op == "Squeeze" and n.attr["squeeze_dims"].list.i)
+                or (n.op == "Reshape" and ops.get(frozen.node_name(n.input[1])) != "Const")]
+  if not candidates:
     return graph_def
-  shapes = _static_shapes(graph_def, [n.input[0] for n in squeezes])
+  shapes = _static_shapes(graph_def, [n.name for n in candidates])
   out = tf.compat.v1.GraphDef()
   out.CopyFrom(graph_def)
   by_name = {n.name: n for n in out.node}
-  for squeeze in squeezes:
-    shape = shapes[squeeze.input[0]]
-    if shape is None:
+  for candidate in candidates:
+    shape = shapes[candidate.name]
+    if shape is None or not shape or shape[0] is not None or None in shape[1:]:
       continue
-    axes = {a % len(shape) for a in squeeze.attr["squeeze_dims"].list.i}
-    kept = [d for i, d in enumerate(shape) if i not in axes][1:]
-    if 0 in axes or None in kept:
-      continue
-    node = by_name[squeeze.name]
-    shape_name = node.name + "/as_reshape/shape"
-    out.node.append(const_node(shape_name, [-1] + kept, "int32"))
+    node = by_name[candidate.name]
+    shape_name = node.name + "/batch_free/shape"
+    out.node.append(const_node(shape_name, [-1] + shape[1:], "int32"))
     replacement = node_def(node.name, "Reshape", [node.input[0], shape_name], T=node.attr["T"],
                            Tshape=type_attr(tf.int32))
     node.Clear()

@@ -46,8 +46,8 @@ def to_tflite(model, output_path, input_nodes, output_nodes, checkpoint=None, in
     input_ranges: {input node: (min, max)}, the float range the integer input covers. Taken
       from a FakeQuant reading the input when there is one; required otherwise.
     input_shapes: {input node: shape}; default: the placeholder's shape with an unknown
-      batch dimension set to 1 (the interpreter can resize it; a Squeeze is exported as a
-      Reshape to [-1, ...] so that it can).
+      batch dimension set to 1 (the interpreter can resize it; a Squeeze, or a Reshape to a
+      shape computed from the batch, is exported as a Reshape to [-1, ...] so that it can).
     inference_type: "int8" (per-channel or per-tensor weights) or "uint8" (per-tensor
       weights only; TFLite has no uint8 per-channel kernels).
 
@@ -91,7 +91,7 @@ def _convert(graph_def, input_nodes, output_nodes, ranges, shapes, inference_typ
   if inference_type == "int8":
     graph_def = converter_compat.dense_per_channel_as_conv(graph_def, output_nodes)
   graph_def = large_weights.split_large_weights(graph_def, output_nodes)
-  graph_def = converter_compat.squeeze_as_reshape(graph_def, output_nodes)
+  graph_def = converter_compat.batch_free_reshapes(graph_def, output_nodes)
   converter = tf.compat.v1.lite.TFLiteConverter(
       graph_def, None, None, input_arrays_with_shape=[(n, shapes[n]) for n in input_nodes],
       output_arrays=list(output_nodes))
