@@ -518,6 +518,97 @@ def _keras_reshape(logits):
   return tf.identity(tf_keras.layers.Reshape((3,))(logits), name="head")
 
 
+def _standardized(images):
+  mean = np.array([0.485, 0.456, 0.406], np.float32)
+  std = np.array([0.229, 0.224, 0.225], np.float32)
+  return (images - mean) / std
+
+
+def _to_plus_minus_one(images):
+  return images / 0.5 - 1.0
+
+
+@pytest.mark.parametrize("preprocess", [_standardized, _to_plus_minus_one])
+def test_preprocessing_written_by_hand_runs_in_int8_and_takes_the_images_range(tmp_path,
+                                                                              preprocess):
+  """A user's own `(x - mean) / std` or `x / 0.5 - 1` before the first conv: the input
+  quantizer reads the images and each Sub and RealDiv gets a range, so the model is fully
+  integer with the images' range (the stem read float before, and the export asked for
+  input_ranges, then refused the float SUB/MUL)."""
+  def build(training):
+    images = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+    x = v1.layers.conv2d(preprocess(images), 4, 3, strides=2, name="conv1",
+                         activation=tf.nn.relu,
+                         kernel_initializer=v1.glorot_uniform_initializer(seed=1))
+    return v1.layers.dense(v1.layers.flatten(x), 10, name="logits",
+                           kernel_initializer=v1.glorot_uniform_initializer(seed=2))
+
+  images = np.random.RandomState(0).uniform(0, 1, (32, 8, 8, 3)).astype(np.float32)
+  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
+                                per_channel_weights=True, quantize_inputs=True)
+  (reader,) = graph.get_operation_by_name("images").outputs[0].consumers()
+  assert reader.name == "conv1/input_quant/FakeQuantWithMinMaxVars"
+  preprocessing = [op for op in graph.get_operations() if op.type in ("Sub", "RealDiv")
+                   and "/" not in op.name]  # the user's, not the rewrite's
+  assert len(preprocessing) == 2
+  for op in preprocessing:
+    assert [c.type for c in op.outputs[0].consumers()] == ["FakeQuantWithMinMaxVars"], op.name
+  result = to_tflite(graph, str(tmp_path / "model.tflite"), ["images"], ["logits/BiasAdd"],
+                     checkpoint=checkpoint)
+  low, high = result.input_ranges["images"]
+  assert low == 0.0 and 0.95 < high <= 1.0
+  # TFLite divides by a MUL with the reciprocal on an 8-bit grid, which the float eval graph
+  # does not (83% equal there); each runtime's emulating eval graph computes it.
+  _assert_bit_exact_with_both_runtimes(result, build, checkpoint, images, 320)
+
+
+def _assert_bit_exact_with_both_runtimes(result, build, checkpoint, images, elements,
+                                         runtimes=(("xnnpack", True), ("tflite_builtin", False))):
+  """Every output integer of the export equals its runtime's emulating eval graph's."""
+  for mode, delegates in runtimes:
+    with tf.Graph().as_default() as reference:
+      build(False)
+      quantize.experimental_create_eval_graph(reference, symmetric=True, per_channel_weights=True,
+                                              quantize_inputs=True, requantize=mode)
+    (agreement,) = compare_tflite(result, {"images": images}, delegates=delegates,
+                                  reference=reference, checkpoint=checkpoint).values()
+    assert agreement.elements == elements and agreement.equal_share == 1.0, (mode, agreement)
+
+
+def test_a_keras_squeeze_excite_keeps_its_mean_and_the_batch_free(tmp_path):
+  """Keras' squeeze-excite (EfficientNet): GlobalAveragePooling2D, then a Reshape layer to
+  [tf.shape(x)[0], 1, 1, C]. Exported as a MEAN that keeps its dimensions, as the converter
+  made the pair at a fixed batch, so the builtin kernels round it as the eval graph does (a
+  Reshape to [-1, 1, 1, C] left a MEAN to [N, C] that rounds another way: 99.96% equal on
+  EfficientNetV2B0's 2x2 maps, 100% with it), and a batch of 5 runs."""
+  def build(training):
+    images = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+    x = v1.layers.conv2d(images, 8, 3, strides=4, padding="same", activation=tf.nn.relu,
+                         kernel_initializer=v1.glorot_uniform_initializer(seed=1), name="stem")
+    squeezed = tf_keras.layers.Reshape((1, 1, 8))(tf_keras.layers.GlobalAveragePooling2D()(x))
+    gate = v1.layers.conv2d(squeezed, 8, 1, activation=tf.nn.relu6, name="excite",
+                            kernel_initializer=v1.glorot_uniform_initializer(seed=2))
+    return v1.layers.dense(v1.layers.flatten(x * gate), 10, name="logits",
+                           kernel_initializer=v1.glorot_uniform_initializer(seed=3))
+
+  images = np.random.RandomState(0).uniform(0, 1, (5, 8, 8, 3)).astype(np.float32)
+  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
+                                per_channel_weights=True, quantize_inputs=True)
+  result = to_tflite(graph, str(tmp_path / "se.tflite"), ["images"], ["logits/BiasAdd"],
+                     checkpoint=checkpoint)
+  with open(result.path, "rb") as f:
+    interp = integer_check.interpreter(f.read())
+  means = [op for op in interp._get_ops_details() if op["op_name"] == "MEAN"]  # pylint: disable=protected-access
+  assert len(means) == 1
+  assert len(interp.get_tensor_details()[means[0]["outputs"][0]]["shape"]) == 4
+  for delegates in (True, False):  # a batch of 5 runs on both runtimes
+    (agreement,) = compare_tflite(result, {"images": images}, delegates=delegates).values()
+    assert agreement.elements == 50, agreement
+  # Not asserted: this small model's logits agree with the emulating eval graphs only 68%
+  # (builtin) and 0% (XNNPACK, 127 LSB, also against the float eval graph, at batch 1 too),
+  # with or without this export rule (untraced; issue 13's closing note).
+
+
 @pytest.mark.parametrize("head", [_slim_spatial_squeeze, _keras_reshape])
 def test_a_reshaped_head_keeps_the_batch_free(tmp_path, head):
   """slim's nets end in a SpatialSqueeze and Keras' MobileNet in a Reshape layer (to

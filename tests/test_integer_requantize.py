@@ -134,6 +134,15 @@ def test_a_constant_operand_gets_the_converters_grid():
   assert ie.constant_scale(0.0) is None
 
 
+def test_a_sigmoid_saturates_at_the_last_step_of_logistics_grid():
+  """LOGISTIC writes int8 with zero point -128: 255/256 at most, where sigmoid(6.5) = 0.9985
+  would round to 256/256 (4% of an EfficientNetV2 squeeze-excite's gates)."""
+  with tf.Graph().as_default(), v1.Session() as sess:
+    x = tf.constant([0.0, 5.0, 6.5, 20.0])
+    steps = sess.run(ie.sigmoid_of_integers(x, tf.constant(0.5, tf.float64)) * 256.0)
+  np.testing.assert_array_equal(steps, [128, 254, 255, 255])
+
+
 def test_a_training_graph_or_an_unknown_mode_is_refused():
   with tf.Graph().as_default() as graph:
     images = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
@@ -280,6 +289,22 @@ def _sum_read_twice(training):
   return tf.identity(out, name="out")
 
 
+def _normalized_input(training):
+  """EfficientNetV2's and ConvNeXt's preprocessing as tf_keras writes it: a Normalization layer
+  with constant ImageNet statistics, (x - mean) / maximum(sqrt(variance), epsilon), then two
+  convs. TFLite runs it as a SUB and a MUL by the reciprocal."""
+  del training
+  import tf_keras  # pylint: disable=import-outside-toplevel
+  images = v1.placeholder(tf.float32, [None, 32, 32, 3], name="images")
+  init = v1.glorot_uniform_initializer(seed=7)
+  x = tf_keras.layers.Normalization(mean=[0.485, 0.456, 0.406],
+                                    variance=[0.229 ** 2, 0.224 ** 2, 0.225 ** 2])(images)
+  x = v1.layers.conv2d(x, 16, 3, padding="same", activation=tf.nn.relu, kernel_initializer=init,
+                       name="stem")
+  return tf.identity(v1.layers.conv2d(x, 16, 1, kernel_initializer=init, name="last"),
+                     name="out")
+
+
 def _widened(build, directory, checkpoint, prefix, factor):
   """A copy of `checkpoint` with the range of the quantizers under `prefix` widened `factor`
   times (training may leave an identity's range apart from its input's, as in EfficientNet)."""
@@ -303,7 +328,7 @@ def trained(tmp_path_factory):
   """{build function: (directory, checkpoint)} after 20 range updates."""
   result = {}
   for build in (_conv_block, _two_layers, _nested_concats, _mobilenet_v3_block, _pooled_head,
-                _swish_block, _sum_read_twice):
+                _swish_block, _sum_read_twice, _normalized_input):
     directory = str(tmp_path_factory.mktemp(build.__name__.strip("_")))
     result[build] = directory, _train(directory, build, IMAGES)
   return result
@@ -403,3 +428,19 @@ def test_a_relu_between_two_quantizers_agrees_bit_for_bit_with_both_runtimes(tra
   emulated, plain = _agreements(_sum_read_twice, directory, widened)
   _assert_bit_exact(emulated, 4 * 32 * 32 * 16)
   assert min(a.equal_share for a in plain.values()) < 1.0, plain
+
+
+def test_a_normalized_input_runs_in_int8_and_agrees_bit_for_bit_with_both_runtimes(trained):
+  """The input quantizer reads the images, the Sub and the RealDiv get ranges of their own, and
+  each runtime's SUB and MUL (by the divisor's float32 reciprocal, on the converter's grid for
+  a constant) are emulated: the stem's input ran in float before (NotFullyIntegerError on
+  EfficientNetV2B0, with input_ranges given)."""
+  graph, _ = _eval_graph(_normalized_input, "float")
+  (reader,) = graph.get_operation_by_name("images").outputs[0].consumers()
+  assert reader.name == "stem/input_quant/FakeQuantWithMinMaxVars"
+  quantized = {op.type for op in graph.get_operations()
+               if op.type in ("Sub", "RealDiv")
+               and [c.type for c in op.outputs[0].consumers()] == ["FakeQuantWithMinMaxVars"]}
+  assert quantized == {"Sub", "RealDiv"}
+  emulated, plain = _agreements(_normalized_input, *trained[_normalized_input])
+  _assert_bit_exact(emulated, 4 * 32 * 32 * 16)

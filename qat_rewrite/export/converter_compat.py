@@ -3,6 +3,7 @@
 Only rewrites that compute exactly the same numbers belong here.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from qat_rewrite.export import frozen
@@ -56,6 +57,8 @@ def batch_free_reshapes(graph_def, output_nodes):
   `[tf.shape(x)[0], C]`: the head of Keras' MobileNet). The interpreter cannot resize either
   to another batch. When the output's static shape is [None, known dims], a Reshape to
   [-1, those dims] gives the same values (row-major order, one free dimension) at any batch.
+  A Reshape of a spatial mean to [N, 1, 1, C] becomes the mean keeping its dimensions instead
+  (`_keep_mean_dims`).
   """
   ops = {n.name: n.op for n in graph_def.node}
   candidates = [n for n in graph_def.node
@@ -67,11 +70,14 @@ def batch_free_reshapes(graph_def, output_nodes):
   out = tf.compat.v1.GraphDef()
   out.CopyFrom(graph_def)
   by_name = {n.name: n for n in out.node}
+  readers = frozen.consumers(out)
   for candidate in candidates:
     shape = shapes[candidate.name]
     if shape is None or not shape or shape[0] is not None or None in shape[1:]:
       continue
     node = by_name[candidate.name]
+    if _keep_mean_dims(out, by_name, readers, node, shape):
+      continue
     shape_name = node.name + "/batch_free/shape"
     out.node.append(const_node(shape_name, [-1] + shape[1:], "int32"))
     replacement = node_def(node.name, "Reshape", [node.input[0], shape_name], T=node.attr["T"],
@@ -79,6 +85,33 @@ def batch_free_reshapes(graph_def, output_nodes):
     node.Clear()
     node.CopyFrom(replacement)
   return tf.compat.v1.graph_util.extract_sub_graph(out, list(output_nodes))
+
+
+def _keep_mean_dims(graph_def, by_name, readers, reshape, shape):
+  """A spatial Mean that only `reshape` reads (directly or through its FakeQuant), back to
+  [N, 1, 1, C] (Keras' squeeze-excite: GlobalAveragePooling2D, then Reshape) -> the Mean
+  keeping its dimensions and the Reshape an Identity: the same values,
+  and what the converter made of the pair at a fixed batch (a MEAN that keeps its dimensions,
+  dropped over a 1x1 map). With the Reshape to [-1, 1, 1, C] it kept a MEAN to [N, C], which
+  the builtin kernels round another way. Returns whether `reshape` was replaced."""
+  def sole_reader(node, reader):
+    return [r for r in readers.get(node.name, []) if r.op != "Shape"] == [reader]
+
+  reader = reshape
+  mean = by_name.get(frozen.node_name(reshape.input[0]))
+  if mean is not None and mean.op == "FakeQuantWithMinMaxVars" and sole_reader(mean, reshape):
+    reader, mean = mean, by_name.get(frozen.node_name(mean.input[0]))  # the mean's own range
+  if (mean is None or mean.op != "Mean" or mean.attr["keep_dims"].b or len(shape) != 4
+      or shape[1:3] != [1, 1] or not sole_reader(mean, reader)):
+    return False
+  axes = frozen.constant_value(graph_def, mean.input[1])
+  if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [1, 2]:
+    return False
+  mean.attr["keep_dims"].b = True
+  replacement = node_def(reshape.name, "Identity", [mean.name], T=reshape.attr["T"])
+  reshape.Clear()
+  reshape.CopyFrom(replacement)
+  return True
 
 
 def producer_through(nodes, tensor, pass_types=PASS_TYPES):

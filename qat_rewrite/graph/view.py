@@ -246,6 +246,30 @@ def constant_value(tensor):
   return tf.get_static_value(tensor)
 
 
+# Ops whose value the converter folds when every input is constant (Keras' Normalization layer
+# computes `(x - cast(mean)) / maximum(sqrt(cast(variance)), epsilon)`).
+_FOLDABLE_TYPES = ("Identity", "Cast", "Sqrt", "Rsqrt", "Reciprocal", "Maximum", "Minimum",
+                   "Add", "AddV2", "Sub", "Mul", "RealDiv", "Neg", "Reshape")
+
+
+def folded_constant(tensor):
+  """The value of `tensor` if it is a constant or the converter folds it into one (stateless
+  ops of constants only), else None. Computed in a session on `tensor`'s graph, which runs
+  only those constants."""
+  value = constant_value(tensor)
+  if value is not None or not _folds(tensor.op, depth=8):
+    return value
+  with tf.compat.v1.Session(graph=tensor.graph) as session:
+    return session.run(tensor)
+
+
+def _folds(op, depth):
+  if op.type == "Const":
+    return True
+  return (depth > 0 and op.type in _FOLDABLE_TYPES and not op.control_inputs
+          and all(_folds(t.op, depth - 1) for t in op.inputs))
+
+
 def topological_order(ops):
   """`ops` ordered so that every op comes after the ops among them it reads (data or control).
 

@@ -25,9 +25,9 @@ import tensorflow as tf
 from qat_rewrite.graph import editor, roles
 from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.graph.view import (FAKE_QUANT_TYPES, RELU_TYPES, SHAPE_TYPES, GraphView,
-                                    constant_value, context, dropout_input, is_dropout,
-                                    is_fake_quantized, is_weight_unscale, join, sole_relu_consumer,
-                                    variable_source)
+                                    constant_value, context, dropout_input, folded_constant,
+                                    is_dropout, is_fake_quantized, is_weight_unscale, join,
+                                    sole_relu_consumer, variable_source)
 from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
@@ -42,6 +42,9 @@ from qat_rewrite.report import FloatOp, LayerReport
 _CHAIN_ROLES_LAST_FIRST = ("forced_updates", "bias", "fold_reshape_back", "folded_bn", "fold_scale",
                            "batch_to_space", "layer")
 _GENERIC_TYPES = ADD_TYPES + ("Mul",)
+# Preprocessing by constants that TFLite runs in int8; the data must come first in the last two.
+_DATA_FIRST_TYPES = ("Sub", "RealDiv")
+_PREPROCESSING_TYPES = _GENERIC_TYPES + _DATA_FIRST_TYPES
 _POOL_TYPES = ("AvgPool", "Mean")
 _CONCAT_TYPES = ("ConcatV2",)
 
@@ -251,14 +254,17 @@ def _quantize_model_input(view, tensor, layer, settings, report):
 
 
 def _rescaling_chain(tensor):
-  """The Mul/Add ops by constants between a placeholder and `tensor`, first first (Keras'
-  Rescaling layer in MobileNetV3), or []: the input quantizer then goes on the placeholder and
-  each of them gets a range, so TFLite runs them in int8 and the model takes the images' range
-  (on the rescaled tensor, the input ran in float and the export needed input_ranges)."""
+  """The ops between a placeholder and `tensor` that scale or shift it by constants, first
+  first, or []: Keras' Rescaling (x·c + d, MobileNetV3) and Normalization ((x - mean) / std,
+  EfficientNetV2, ConvNeXt). The input quantizer then goes on the placeholder and each of them
+  gets a range, so TFLite runs them in int8 (a division by a constant as a MUL by its
+  reciprocal) and the model takes the images' range (on the rescaled tensor, the input ran in
+  float and the export needed input_ranges)."""
   chain = []
-  while tensor.op.type in _GENERIC_TYPES and len(tensor.op.inputs) == 2:
-    data = [t for t in tensor.op.inputs if constant_value(t) is None]
-    if len(data) != 1:
+  while tensor.op.type in _PREPROCESSING_TYPES and len(tensor.op.inputs) == 2:
+    data = [t for t in tensor.op.inputs if folded_constant(t) is None]
+    if len(data) != 1 or (tensor.op.type in _DATA_FIRST_TYPES and data[0] is not
+                          tensor.op.inputs[0]):
       return []
     chain.append(tensor.op)
     tensor = data[0]

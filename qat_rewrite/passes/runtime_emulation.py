@@ -7,7 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from qat_rewrite.graph import editor, roles
-from qat_rewrite.graph.view import SHAPE_TYPES, GraphView, constant_value, context, join
+from qat_rewrite.graph.view import (SHAPE_TYPES, GraphView, constant_value, context,
+                                    folded_constant, join)
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES
 from qat_rewrite.passes.fold_batch_norm import folded_away_ops
@@ -15,10 +16,12 @@ from qat_rewrite.passes.quantizer_grids import input_quantizer, weight_quantizer
 from qat_rewrite.quant import integer_elementwise, integer_requantize, pool_rounding
 
 _CONCAT_TYPES = ("ConcatV2",)
-_ELEMENTWISE_TYPES = ADD_TYPES + ("Mul", "Mean", "Relu", "Relu6")
+_ELEMENTWISE_TYPES = ADD_TYPES + ("Mul", "Sub", "RealDiv", "Mean", "Relu", "Relu6")
 # Ops between an op and its output quantizer that leave the integers as they are (TFLite drops an
 # Identity and reshapes without requantizing).
 _VALUE_PRESERVING_TYPES = ("Identity", "Reshape", "Squeeze", "ExpandDims")
+# Emulated only as a quantized tensor by a constant: (x - c), x / c (Keras' Normalization).
+_BY_CONSTANT_TYPES = ("Sub", "RealDiv")
 # TFLite's LOGISTIC writes 8 bits on a fixed grid: 1/256, zero point -128.
 _SIGMOID_SCALE = 1.0 / 256.0
 
@@ -139,10 +142,13 @@ def _emulate_elementwise(graph, ops, mode, in_scope, dead):
         emulated = integer_elementwise.emulate_mean(op, operands[0], keep_dims, activation,
                                                     output, out_q, mode)
       else:
+        kind, values = _binary_operation(op)
+        values = [_runtime_sigmoid(v) if isinstance(v, tf.Tensor) and v.op.type == "Sigmoid"
+                  and _quantized_grid(v) is None else v for v in values]
         scales = [integer_requantize.converter_scale(q) if isinstance(q, tf.Operation)
                   else tf.constant(q, tf.float64) for q in operands]
-        emulated = integer_elementwise.emulate_binary(op, scales, activation, output, out_q,
-                                                      mode)
+        emulated = integer_elementwise.emulate_binary(kind, values, scales, activation, output,
+                                                      out_q, mode)
     editor.replace_input(reader, index, emulated)
     count += 1
   return count
@@ -194,8 +200,9 @@ def _skip_output_quantizer(op, dead, mode):
 def _operands(op):
   """The grids of `op`'s inputs, each its 8-bit FakeQuant or a scale (a float: a constant's, or
   the fixed grid of a sigmoid of a quantized tensor), or None if the emulation does not cover
-  `op`: a two-input add or multiply with at least one quantized input, a mean over axes 1
-  and 2 of a quantized 4-D tensor of static shape, or a ReLU of a quantized tensor."""
+  `op`: a two-input add or multiply with at least one quantized input, a subtraction or
+  division of a quantized tensor by a constant, a mean over axes 1 and 2 of a quantized 4-D
+  tensor of static shape, or a ReLU of a quantized tensor."""
   if op.type in ("Relu", "Relu6"):
     grid = _quantized_grid(op.inputs[0])
     return None if grid is None else [grid]
@@ -209,6 +216,10 @@ def _operands(op):
     return None if grid is None else [grid]
   if len(op.inputs) != 2:
     return None
+  if op.type in _BY_CONSTANT_TYPES:
+    grid, (_, constant) = _quantized_grid(op.inputs[0]), _binary_operation(op)[1]
+    scale = None if constant is None else integer_elementwise.constant_scale(constant)
+    return None if grid is None or scale is None else [grid, scale]
   grids = [_quantized_grid(t) for t in op.inputs]
   if all(g is None for g in grids):
     return None
@@ -219,6 +230,26 @@ def _operands(op):
       value = constant_value(tensor) if tensor.op.type == "Const" else None
       grids[i] = None if value is None else integer_elementwise.constant_scale(value)
   return None if any(g is None for g in grids) else grids
+
+
+def _binary_operation(op):
+  """(the runtime's operation: "Add", "Sub" or "Mul", its two operands) for the binary `op`.
+  The converter turns a division by a constant into a MUL by its reciprocal (float32)."""
+  if op.type == "RealDiv":
+    divisor = folded_constant(op.inputs[1])
+    reciprocal = None if divisor is None else np.float32(1.0) / divisor.astype(np.float32)
+    return "Mul", [op.inputs[0], reciprocal]
+  if op.type == "Sub":
+    return "Sub", [op.inputs[0], folded_constant(op.inputs[1])]
+  return ("Mul" if op.type == "Mul" else "Add"), list(op.inputs)
+
+
+def _runtime_sigmoid(sigmoid):
+  """The sigmoid of a quantized tensor as LOGISTIC's table computes it (see
+  integer_elementwise.sigmoid_of_integers)."""
+  x = sigmoid.op.inputs[0]
+  return integer_elementwise.sigmoid_of_integers(
+      x, integer_requantize.converter_scale(_quantized_grid(x)))
 
 
 def _quantized_grid(tensor):

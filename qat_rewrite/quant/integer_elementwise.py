@@ -1,4 +1,4 @@
-"""ADD, MUL, MEAN and RELU computed in integers as a TFLite CPU runtime computes them (see
+"""ADD, SUB, MUL, MEAN and RELU computed in integers as a TFLite CPU runtime computes them (see
 integer_requantize for the layers and for how the result joins the eval graph).
 
 Each input is an integer tensor on a grid: a FakeQuant's, or, for a constant operand (hard-swish's
@@ -17,6 +17,10 @@ and 12 MEANs, synthetic MEANs over 2x2 to 7x7 maps):
   RELU  (a ReLU between two quantizers, on Xception's residual sums) both: the input
         requantized by MultiplyByQuantizedMultiplier(s_in/s_out, float32), halves away from
         zero, then clamped (measured on Xception's 11 RELUs, where no value fell on a tie).
+  SUB   both: the ADD of a and -b (the second multiplier negated; the roundings are symmetric).
+  LOGISTIC  (read by a MUL: swish, squeeze-excite gates) both: a table over the input integers,
+        dequantized in float32 as scale · q, on the fixed output grid 1/256, zero point -128:
+        at most 255/256 (measured on EfficientNetV2B0's 6.4M LOGISTIC outputs).
 The numpy functions are the runtimes' formulas, beside their TF versions for tests.
 """
 
@@ -163,19 +167,34 @@ def _tf_mul(a, b, scales, mode):
       tf.cast(a * b, tf.int64), *ir.tf_quantize_multiplier(tf.cast(real, tf.float64)))
 
 
-def emulate_binary(op, in_scales, activation, output, out_q, mode):
-  """The ADD or MUL `op` of two tensors on grids of steps `in_scales` (float64 tensors: a
-  FakeQuant's `converter_scale`, a constant's `constant_scale`) as `mode`'s runtime computes
-  it, then `activation` and the output as `integer_requantize.emulate_layer` makes it."""
+def emulate_binary(kind, operands, in_scales, activation, output, out_q, mode):
+  """`kind` ("Add", "Sub" or "Mul") of two `operands` (tensors or constant values) on grids of
+  steps `in_scales` (float64 tensors: a FakeQuant's `converter_scale`, a constant's
+  `constant_scale`) as `mode`'s runtime computes it, then `activation` and the output as
+  `integer_requantize.emulate_layer` makes it. Both runtimes subtract as they add, with the
+  second multiplier negated; their roundings are symmetric, so a - b is the ADD of a and -b."""
   ir.check_mode(mode)
   with tf.name_scope("integer"):
     s_out = ir.converter_scale(out_q)
-    a, b = (ir.centred(t, s) for t, s in zip(op.inputs, in_scales))
-    compute = _tf_mul if op.type == "Mul" else _tf_add
-    result = compute(a, b, tuple(in_scales) + (s_out,), mode)
+    a, b = (ir.centred(t, s) for t, s in zip(operands, in_scales))
+    compute = _tf_mul if kind == "Mul" else _tf_add
+    result = compute(a, -b if kind == "Sub" else b, tuple(in_scales) + (s_out,), mode)
     emulated = ir.to_output_grid(tf.cast(result, tf.float64), activation, out_q,
                                  tf.cast(s_out, tf.float32))
   return ir.joined(output, emulated, mode)
+
+
+def sigmoid_of_integers(x, scale):
+  """sigmoid(x) for `x` on a grid of step `scale` (float64), as LOGISTIC's int8 table gives it
+  in both runtimes: on the fixed grid 1/256 with zero point -128, so it saturates at 255/256
+  (sigmoid(x) >= 255.5/256 rounded to 256/256 in the eval graph: 4% of one EfficientNetV2
+  squeeze-excite's gates, 1 LSB each after the MUL). The table dequantizes each input integer
+  in float32 as scale · q."""
+  with tf.name_scope("sigmoid_of_integers"):
+    scale_f32 = tf.cast(scale, tf.float32)
+    sigmoid = tf.sigmoid(scale_f32 * tf.cast(ir.centred(x, scale), tf.float32))
+    steps = tf.minimum(tf.round(tf.cast(sigmoid, tf.float64) * 256.0), 255.0)
+    return steps / 256.0
 
 
 def _tf_builtin_mean(x, zero_in, s_in, s_out, keep_dims):
