@@ -518,6 +518,27 @@ def _keras_reshape(logits):
   return tf.identity(tf_keras.layers.Reshape((3,))(logits), name="head")
 
 
+def _preprocessed_qat(tmp_path, preprocess, channels):
+  """`preprocess` of an 8x8 input, a conv and a dense layer after 5 QAT steps with the
+  README's int8 settings; checks that the input quantizer reads the images themselves.
+  Returns (build, eval graph, checkpoint, images)."""
+  def build(training):
+    del training
+    images = v1.placeholder(tf.float32, [None, 8, 8, channels], name="images")
+    x = v1.layers.conv2d(preprocess(images), 4, 3, strides=2, name="conv1",
+                         activation=tf.nn.relu,
+                         kernel_initializer=v1.glorot_uniform_initializer(seed=1))
+    return v1.layers.dense(v1.layers.flatten(x), 10, name="logits",
+                           kernel_initializer=v1.glorot_uniform_initializer(seed=2))
+
+  images = np.random.RandomState(0).uniform(0, 1, (32, 8, 8, channels)).astype(np.float32)
+  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
+                                per_channel_weights=True, quantize_inputs=True)
+  (reader,) = graph.get_operation_by_name("images").outputs[0].consumers()
+  assert reader.name == "conv1/input_quant/FakeQuantWithMinMaxVars"
+  return build, graph, checkpoint, images
+
+
 def _standardized(images):
   mean = np.array([0.485, 0.456, 0.406], np.float32)
   std = np.array([0.229, 0.224, 0.225], np.float32)
@@ -535,19 +556,7 @@ def test_preprocessing_written_by_hand_runs_in_int8_and_takes_the_images_range(t
   quantizer reads the images and each Sub and RealDiv gets a range, so the model is fully
   integer with the images' range (the stem read float before, and the export asked for
   input_ranges, then refused the float SUB/MUL)."""
-  def build(training):
-    images = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
-    x = v1.layers.conv2d(preprocess(images), 4, 3, strides=2, name="conv1",
-                         activation=tf.nn.relu,
-                         kernel_initializer=v1.glorot_uniform_initializer(seed=1))
-    return v1.layers.dense(v1.layers.flatten(x), 10, name="logits",
-                           kernel_initializer=v1.glorot_uniform_initializer(seed=2))
-
-  images = np.random.RandomState(0).uniform(0, 1, (32, 8, 8, 3)).astype(np.float32)
-  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
-                                per_channel_weights=True, quantize_inputs=True)
-  (reader,) = graph.get_operation_by_name("images").outputs[0].consumers()
-  assert reader.name == "conv1/input_quant/FakeQuantWithMinMaxVars"
+  build, graph, checkpoint, images = _preprocessed_qat(tmp_path, preprocess, channels=3)
   preprocessing = [op for op in graph.get_operations() if op.type in ("Sub", "RealDiv")
                    and "/" not in op.name]  # the user's, not the rewrite's
   assert len(preprocessing) == 2
@@ -752,19 +761,8 @@ def test_a_rescaled_input_runs_in_int8_and_takes_the_images_range(tmp_path, offs
   conv. The input quantizer goes on the input and the Mul/Add get ranges of their own, so the
   model takes the images' range and TFLite runs the rescaling in int8 (it ran in float, and
   the export asked for input_ranges)."""
-  def build(training):
-    images = v1.placeholder(tf.float32, [None, 8, 8, 1], name="images")
-    rescaled = tf_keras.layers.Rescaling(2.0, offset=offset)(images)
-    x = v1.layers.conv2d(rescaled, 4, 3, strides=2, name="conv1", activation=tf.nn.relu,
-                         kernel_initializer=v1.glorot_uniform_initializer(seed=1))
-    return v1.layers.dense(v1.layers.flatten(x), 10, name="logits",
-                           kernel_initializer=v1.glorot_uniform_initializer(seed=2))
-
-  images = np.random.RandomState(0).uniform(0, 1, (32, 8, 8, 1)).astype(np.float32)
-  graph, checkpoint = short_qat(str(tmp_path), build, images, symmetric=True,
-                                per_channel_weights=True, quantize_inputs=True)
-  (reader,) = graph.get_operation_by_name("images").outputs[0].consumers()
-  assert reader.name == "conv1/input_quant/FakeQuantWithMinMaxVars"
+  _, graph, checkpoint, images = _preprocessed_qat(
+      tmp_path, tf_keras.layers.Rescaling(2.0, offset=offset), channels=1)
   conv_input = graph.get_operation_by_name("conv1/Conv2D").inputs[0].op
   assert conv_input.type == "FakeQuantWithMinMaxVars" and "activation_" in conv_input.name
   # 98.75% with an offset: TFLite's int8 ADD rescales its operands in fixed point.

@@ -144,7 +144,7 @@ def _emulate_elementwise(graph, ops, mode, in_scope, dead):
       else:
         kind, values = _binary_operation(op)
         values = [_runtime_sigmoid(v) if isinstance(v, tf.Tensor) and v.op.type == "Sigmoid"
-                  and _quantized_grid(v) is None else v for v in values]
+                  else v for v in values]
         scales = [integer_requantize.converter_scale(q) if isinstance(q, tf.Operation)
                   else tf.constant(q, tf.float64) for q in operands]
         emulated = integer_elementwise.emulate_binary(kind, values, scales, activation, output,
