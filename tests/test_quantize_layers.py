@@ -483,6 +483,30 @@ def test_global_average_pool_mean_gets_a_range_of_its_own(training):
 
 
 @TRAINING
+def test_an_add_fused_with_its_relu6_gets_one_quantizer_and_it_is_read(training):
+  """Hard-swish, x·relu6(x + 3)/6 (MobileNetV3): the add's quantizer goes after its ReLU6,
+  which gets no second one. The rewrite once added a second that nothing read (38 on
+  MobileNetV3Small): a range trained for nothing and a dead FakeQuant in the eval graph."""
+  with tf.Graph().as_default() as g:
+    x = builders.conv2d(builders.conv_input(), 8, 3, activation=None, scope='test/test')
+    gate = tf.nn.relu6(tf.add(x, 3.0, name='test/add'), name='test/gate')
+    swish = tf.multiply(x, tf.multiply(gate, 1.0 / 6.0, name='test/scale'), name='test/swish')
+    builders.conv2d(swish, 4, 1, scope='test/next')
+    report = _rewrite(g, training)
+  assert report.other_quantizers == ['test/add/activation_AddV2_quant',
+                                     'test/scale/activation_Mul_quant',
+                                     'test/swish/activation_Mul_quant']
+  fq = _op(g, 'test/add/activation_AddV2_quant/' + FQ)
+  assert fq.inputs[0].op.name == 'test/gate'
+  assert _op(g, 'test/scale').inputs[0] is fq.outputs[0]
+  for fq in _fake_quants(g):  # each is read, but the model output's
+    scope = fq.name.rpartition('/')[0]
+    readers = [c for c in fq.outputs[0].consumers() if not c.name.startswith(scope + '/')]
+    assert readers or scope == 'test/next/act_quant', fq.name
+  _assert_every_reader_is_quantized(g)
+
+
+@TRAINING
 def test_pool_of_a_float_tensor_stays_float(training):
   with tf.Graph().as_default() as g:
     x = builders.conv_input()

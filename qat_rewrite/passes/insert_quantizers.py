@@ -1,4 +1,5 @@
-"""Finds the quantizable layers of a (folded) graph and inserts their FakeQuant ops.
+"""Contrib's and TFLite's quantizer rules: where a (folded) graph's FakeQuant ops go, planned
+as `quantizer_plan.Point`s and then built (`build_quantizers`).
 
 Placement and names follow tf.contrib.quantize, so its checkpoints and tools keep
 working: `weights_quant` on the weights, `act_quant` after the activation (or after
@@ -32,9 +33,12 @@ from qat_rewrite.layers import PASS_THROUGH_TYPES, kind_of
 from qat_rewrite.layers.catalogue import ADD_TYPES, LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import FUSED_BATCH_NORM_TYPES, quantizable_layer
 from qat_rewrite.passes import runtime_emulation
+from qat_rewrite.passes.build_quantizers import build
 from qat_rewrite.passes.fold_batch_norm import folded_away_ops
 from qat_rewrite.passes.options import RewriteOptions
-from qat_rewrite.passes.quantizer_grids import SAME_GRID_TYPES, input_quantizer, weight_quantizer
+from qat_rewrite.passes.quantizer_grids import SAME_GRID_TYPES
+from qat_rewrite.passes.quantizer_plan import (BiasGrid, OwnRange, Point, PoolRounding,
+                                               QuantizerPlan, SameGrid, edges_of)
 from qat_rewrite.quant import fake_quant, integer_requantize, pool_rounding
 from qat_rewrite.report import FloatOp, LayerReport
 
@@ -68,6 +72,7 @@ def insert_quantizers(graph, settings, folded):
   """Quantizes every matched layer; returns (layer reports, other quantizers, float ops)."""
   _merge_repeated_relus(graph, settings)
   view = GraphView(graph)
+  plan = QuantizerPlan(view)
   # A layer's chain ends where the scope ends; folded-away ops never run.
   excluded = folded_away_ops(view) | {op for op in view.ops if not settings.options.in_scope(op)}
   matches = find_matches(quantizable_layer(), view.ops, "layer", exclude=excluded)
@@ -84,25 +89,28 @@ def insert_quantizers(graph, settings, folded):
     if why:
       float_ops.append(FloatOp(layer.name, layer.type, why))
       continue
-    reports.append(_quantize_layer(view, m, settings, folded, quantized_weights, concatenated))
+    reports.append(_quantize_layer(plan, m, settings, folded, quantized_weights, concatenated))
     inputs.append((m, reports[-1]))
-  others = _quantize_generic_ops(graph, settings, layer_ops, concatenated)
+  generic = LayerReport(layer="", kind="output")
+  _quantize_generic_ops(plan, settings, layer_ops, concatenated, generic)
   # after every output quantizer: layers are not in graph order
   if settings.options.quantize_inputs:
     for m, report in inputs:
       layer = m.op("layer")
-      _quantize_model_input(view, layer.inputs[kind_of(layer).data_input], layer, settings,
+      _quantize_model_input(plan, layer.inputs[kind_of(layer).data_input], layer, settings,
                             report)
   biases = [(m, report) for m, report in inputs if m.has("bias")]
-  # Last: every input quantizer (pools, generic ops) exists by now.
+  # Last: every input quantizer (pools, generic ops) is planned by now.
   for m, report in biases:
-    report.bias_quantized = _quantize_bias(m.op("layer"), m.op("bias"), m.tensor("bias_value"))
+    report.bias_quantized = _quantize_bias(plan, m.op("layer"), m.op("bias"),
+                                           m.tensor("bias_value"))
+  build(graph, plan, settings)
   # last: every quantizer is in place
   if settings.options.requantize != integer_requantize.DEFAULT_MODE:
     runtime_emulation.emulate(graph, [(m.op("layer"), report) for m, report in inputs],
                               settings.options.requantize, settings.options.in_scope)
   float_ops.extend(_lone_batch_norms(view, settings, layer_ops, set(folded.values())))
-  return reports, others, float_ops
+  return reports, generic.quantizers, float_ops
 
 
 def _merge_repeated_relus(graph, settings):
@@ -111,22 +119,25 @@ def _merge_repeated_relus(graph, settings):
   ReLUs into one before it fuses them into the layer, so the int8 model rounds their values
   once, on one grid; apart, they had a range each and the layer output a third, rounded twice.
   The second ReLU stays in the graph, unread, and reads the first (the same values), so the
-  layer output has one reader: the ReLU fused into it."""
-  for op in graph.get_operations():
+  layer output has one reader: the ReLU fused into it. The first is the earliest in graph order
+  (`consumers()` has no stable order, and the rewrite must name the same quantizers each run)."""
+  ops = graph.get_operations()
+  order = {op.name: i for i, op in enumerate(ops)}
+  for op in ops:
     if op.type not in RELU_TYPES or not settings.options.in_scope(op):
       continue
-    first = next(c for c in op.inputs[0].consumers() if c.type == op.type
-                 and settings.options.in_scope(c))
+    first = min((c for c in op.inputs[0].consumers() if c.type == op.type
+                 and settings.options.in_scope(c)), key=lambda c: order[c.name])
     if first is not op:
       editor.reroute(op.outputs[0], first.outputs[0], list(op.outputs[0].consumers()))
       editor.replace_input(op, 0, first.outputs[0])
 
 
-def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
+def _quantize_layer(plan, m, settings, folded, quantized_weights, concatenated):
   layer = m.op("layer")
   kind = kind_of(layer)
   report = LayerReport(layer=layer.name, kind=kind.name, folded_batch_norm=folded.get(layer.name))
-  _quantize_weights(view, layer, kind, settings, quantized_weights, report)
+  _quantize_weights(plan, layer, kind, settings, quantized_weights, report)
   ctx = context(layer)
   last = next(m.op(role) for role in _CHAIN_ROLES_LAST_FIRST if m.has(role))
   # TFLite fuses only ReLU/ReLU6 into a conv or an ADD (not into TRANSPOSE_CONV) and drops an
@@ -141,23 +152,23 @@ def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
   # cell's pools) is a tensor of its own: the converter runs the conv in int8 only if every
   # reader reads its FakeQuant, and then the ReLU requantizes.
   read_beside = (m.has("activation") and not passes_on and not unfused
-                 and _read_beside(view, last.outputs[0], m.op("activation")))
+                 and _read_beside(plan.view, last.outputs[0], m.op("activation")))
   if (unfused or read_beside) and not m.has("bypass"):
-    _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
+    _quantize_output(plan, last.outputs[0], join(ctx, "conv_quant"), settings,
                      settings.options.activation_spec(), report)
   if m.has("bypass"):
     add_ctx = context(m.op("bypass"))
     # Every reader gets the quantized tensor, not only the add (contrib rerouted the add
     # alone, so a conv output also read by the next block stayed float).
-    _quantize_output(view, last.outputs[0], join(ctx, "conv_quant"), settings,
+    _quantize_output(plan, last.outputs[0], join(ctx, "conv_quant"), settings,
                      settings.options.activation_spec(), report)
     if not m.has("activation") or unfused:
-      _quantize_unless_concatenated(view, m.tensor("bypass"), join(add_ctx, "add_quant"),
+      _quantize_unless_concatenated(plan, m.tensor("bypass"), join(add_ctx, "add_quant"),
                                     settings, concatenated, report)
-    elif len(view.consumers(m.tensor("bypass"))) > 1:
+    elif len(plan.view.consumers(m.tensor("bypass"))) > 1:
       # A sum read beside its ReLU (Xception's next shortcut) is a tensor of its own: the
       # converter quantizes an ADD only if every reader, the ReLU too, reads its FakeQuant.
-      _quantize_output(view, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
+      _quantize_output(plan, m.tensor("bypass"), join(add_ctx, "add_quant"), settings,
                        settings.options.activation_spec(), report)
     ctx = add_ctx
     last = m.op("bypass")
@@ -166,23 +177,23 @@ def _quantize_layer(view, m, settings, folded, quantized_weights, concatenated):
   if m.has("activation") or not m.has("bypass"):
     # Before a dropout: training quantizes what eval quantizes, the values it drops at random.
     output = dropout_input(last) if is_dropout(last) else last.outputs[0]
-    _quantize_unless_concatenated(view, output, join(ctx, "act_quant"), settings, concatenated,
+    _quantize_unless_concatenated(plan, output, join(ctx, "act_quant"), settings, concatenated,
                                   report)
   if m.has("post_bypass"):
-    _quantize_output(view, m.tensor("post_bypass"), join(context(m.op("post_bypass")),
+    _quantize_output(plan, m.tensor("post_bypass"), join(context(m.op("post_bypass")),
                      "post_activation_bypass_quant"), settings, settings.options.activation_spec(),
                      report)
   return report
 
 
-def _quantize_weights(view, layer, kind, settings, quantized_weights, report):
+def _quantize_weights(plan, layer, kind, settings, quantized_weights, report):
   weight = layer.inputs[kind.weight_input]
   report.weights_quantized = True
   if is_fake_quantized(weight):
     return  # already quantized by an earlier rewrite
   source = variable_source(weight) or weight.op
   if source in quantized_weights:  # a weight shared with an earlier layer: reuse its quantizer
-    editor.replace_input(layer, kind.weight_input, quantized_weights[source])
+    plan.read_by(layer, kind.weight_input, quantized_weights[source])
     report.notes.append("weights shared with an earlier layer; one quantizer serves both")
     return
   spec = settings.options.weight_spec()
@@ -190,36 +201,21 @@ def _quantize_weights(view, layer, kind, settings, quantized_weights, report):
   if spec.per_channel and per_channel_shape is None:
     spec = settings.options.weight_spec(per_channel=False)
     report.notes.append("per-channel weights are not supported for %s; per-tensor used" % layer.type)
-  scope = editor.unique_scope(layer.graph, join(context(layer), "weights_quant"))
-  with layer.graph.as_default():
-    quantized = fake_quant.fake_quantize(
-        weight, spec, scope, settings.options.training, per_channel_shape,
-        settings.delay_reached(scope + "activate_quant"), settings.use_resource)
-  editor.replace_input(layer, kind.weight_input, quantized)
-  quantized_weights[source] = quantized
-  report.quantizers.append(scope.rstrip("/"))
+  quantized_weights[source] = plan.add(Point(
+      join(context(layer), "weights_quant"), weight, [(layer, kind.weight_input)],
+      OwnRange(spec, per_channel_shape), report))
 
 
-def _quantize_output(view, tensor, name, settings, spec, report, consumers=None, owner=None,
-                     nonnegative=None):
-  """Inserts a quantizer on `tensor` for `consumers` (default: all), unless it has one or its
-  `owner` op (default: the tensor's own) is out of scope. `nonnegative` defaults to whether
-  `tensor` is a ReLU output."""
-  if not settings.options.in_scope(owner or tensor.op) or view.followed_by_fake_quant(tensor):
-    return None
-  consumers = view.consumers(tensor) if consumers is None else consumers
-  graph = tensor.graph
-  scope = editor.unique_scope(graph, name)
-  with graph.as_default():
-    quantized = fake_quant.fake_quantize(tensor, spec, scope, settings.options.training,
-                                         delay_reached=settings.delay_reached(scope + "activate_quant"),
-                                         use_resource=settings.use_resource,
-                                         nonnegative=(tensor.op.type in RELU_TYPES
-                                                      if nonnegative is None else nonnegative),
-                                         in_update_ops=_may_update(view, tensor))
-  editor.reroute(tensor, quantized, consumers)
-  report.quantizers.append(scope.rstrip("/"))
-  return quantized
+def _quantize_output(plan, tensor, name, settings, spec, report, owner=None, nonnegative=None):
+  """Plans a quantizer with a range of its own on `tensor` for all its readers, unless it has
+  one or its `owner` op (default: the tensor's own) is out of scope. `nonnegative` defaults to
+  whether `tensor` is a ReLU output."""
+  if not settings.options.in_scope(owner or tensor.op) or plan.quantized(tensor):
+    return
+  nonnegative = tensor.op.type in RELU_TYPES if nonnegative is None else nonnegative
+  plan.add(Point(name, tensor, edges_of(tensor, plan.view.consumers(tensor)),
+                 OwnRange(spec, nonnegative=nonnegative,
+                          in_update_ops=_may_update(plan.view, tensor)), report))
 
 
 def _read_beside(view, tensor, reader):
@@ -233,11 +229,11 @@ def _may_update(view, tensor):
   return tensor.op not in view.conditional_models()
 
 
-def _quantize_model_input(view, tensor, layer, settings, report):
+def _quantize_model_input(plan, tensor, layer, settings, report):
   """With `quantize_inputs`, a layer reading a tensor no quantizer covers (the model input, or
   preprocessing of it) gets `<layer>/input_quant` on it: the int8 model is fed integers, and
   the layer's bias is then rounded to TFLite's grid too. Constants are left alone."""
-  if input_quantizer(tensor)[0] is not None or _reaches_fake_quant(tensor, {}):
+  if plan.input_grid(tensor) is not None or _reaches_fake_quant(plan, tensor, {}):
     return
   if constant_value(tensor) is not None:
     return
@@ -246,10 +242,10 @@ def _quantize_model_input(view, tensor, layer, settings, report):
   # image in [0, 1] would lose a bit to a symmetric range.
   spec = dataclasses.replace(settings.options.activation_spec(), symmetric=False)
   source = rescaling[0].inputs[0] if rescaling else tensor
-  _quantize_output(view, source, join(context(layer), "input_quant"), settings, spec, report,
+  _quantize_output(plan, source, join(context(layer), "input_quant"), settings, spec, report,
                    owner=layer)
   for op in rescaling:
-    _quantize_output(view, op.outputs[0], join(op.name, "activation_%s_quant" % op.type),
+    _quantize_output(plan, op.outputs[0], join(op.name, "activation_%s_quant" % op.type),
                      settings, settings.options.activation_spec(), report, owner=layer)
 
 
@@ -273,81 +269,68 @@ def _rescaling_chain(tensor):
   return chain[::-1]
 
 
-def _quantize_generic_ops(graph, settings, layer_ops, concatenated):
+def _quantize_generic_ops(plan, settings, layer_ops, concatenated, report):
   """Add/Mul ops fed by quantized tensors get an output quantizer (squeeze-excite, scaling),
   and so do ReLUs of quantized tensors that no layer owns, pools of quantized tensors and
   concats of quantized or `concatenated` tensors; in graph order, so a pool sees its input's
   quantizer and a concat its inner concats."""
-  view = GraphView(graph)
-  names, memo = [], {}
+  view = plan.view
+  memo = {}
   for op in list(view.ops):
     if (op in layer_ops or not settings.options.in_scope(op) or dropout_input(op) is not None
         or is_weight_unscale(op)):  # dropout runs in training only: its range would be too
       continue
-    holder = LayerReport(layer=op.name, kind="output")
     if op.type in _POOL_TYPES:
-      _quantize_pool(view, op, settings, memo, holder)
+      _quantize_pool(plan, op, settings, memo, report)
     elif op.type == "MaxPool" and len(view.consumers(op.outputs[0])) > 1:
-      _quantize_on_input_grid(view, op, holder)
+      _quantize_on_input_grid(plan, op, report)
     elif op.type in _CONCAT_TYPES:
-      _quantize_concat(view, op, settings, memo, concatenated, holder)
-    elif op.type in _GENERIC_TYPES and any(_reaches_fake_quant(t, memo) for t in op.inputs):
+      _quantize_concat(plan, op, settings, memo, concatenated, report)
+    elif op.type in _GENERIC_TYPES and any(_reaches_fake_quant(plan, t, memo) for t in op.inputs):
       target = sole_relu_consumer(op) or op  # an add fused with its ReLU is quantized after it
-      _quantize_unless_concatenated(view, target.outputs[0],
+      _quantize_unless_concatenated(plan, target.outputs[0],
                                     join(op.name, "activation_%s_quant" % op.type), settings,
-                                    concatenated, holder)
-    elif op.type in RELU_TYPES and _reaches_fake_quant(op.inputs[0], memo):
+                                    concatenated, report)
+    elif op.type in RELU_TYPES and _reaches_fake_quant(plan, op.inputs[0], memo):
       # A ReLU no layer owns (NASNet's branches each open with one on the cell input): its own
       # range, else each reading layer quantizes its output apart and the ReLU runs in float.
-      _quantize_unless_concatenated(view, op.outputs[0],
+      _quantize_unless_concatenated(plan, op.outputs[0],
                                     join(op.name, "activation_%s_quant" % op.type), settings,
-                                    concatenated, holder)
-    names.extend(holder.quantizers)
-  return names
+                                    concatenated, report)
 
 
-def _quantize_pool(view, op, settings, memo, report):
+def _quantize_pool(plan, op, settings, memo, report):
   """TFLite keeps AvgPool on its input's scale but rounds the average, so the eval graph rounds
   it with the input quantizer's range (the same variables: checkpoints need nothing new). A
   Mean (global average pooling) is requantized to a scale of its own: a new moving-average range.
   """
   output = op.outputs[0]
-  if view.followed_by_fake_quant(output) or any(
-      pool_rounding.is_ties_nudge(c) for c in output.consumers()):
+  if plan.quantized(output) or any(pool_rounding.is_ties_nudge(c) for c in output.consumers()):
     return
   name = join(op.name, "activation_%s_quant" % op.type)
   if op.type == "Mean":
-    if _pools(op) and _reaches_fake_quant(op.inputs[0], memo):
-      _quantize_output(view, output, name, settings, settings.options.activation_spec(), report)
+    if _pools(op) and _reaches_fake_quant(plan, op.inputs[0], memo):
+      _quantize_output(plan, output, name, settings, settings.options.activation_spec(), report)
     return
-  quantizer, delay = input_quantizer(op.inputs[0])
-  if quantizer is None:
+  source = plan.input_grid(op.inputs[0])
+  if source is None:
     return
-  graph = op.graph
-  scope = editor.unique_scope(graph, name)
-  consumers = view.consumers(output)
   kernel = op.get_attr("ksize")
-  with graph.as_default(), graph.name_scope(scope):
-    nudged = pool_rounding.round_ties(output, quantizer, kernel[1] * kernel[2],
-                                      settings.options.pool_ties)
-    quantized = fake_quant.fake_quantize_like(nudged, quantizer, scope)
-    if delay is not None:  # float until the input's quantizer switches on
-      quantized = fake_quant.delay_select(delay, quantized, output)
-  editor.reroute(output, quantized, consumers)
-  report.quantizers.append(scope.rstrip("/"))
+  plan.add(Point(name, output, edges_of(output, plan.view.consumers(output)),
+                 PoolRounding(source, kernel[1] * kernel[2], settings.options.pool_ties), report))
 
 
-def _quantize_unless_concatenated(view, tensor, name, settings, concatenated, report):
+def _quantize_unless_concatenated(plan, tensor, name, settings, concatenated, report):
   """An output quantizer on `tensor`, unless it has one or only concats read it: the
   converter writes such a tensor (a layer output, a residual sum, an add) on its concat's
   grid, whatever range it had (NASNet's `h + sep(h)` branch, 1 LSB off on a third of its
   logits with a range of its own); it joins `concatenated`."""
-  if view.followed_by_fake_quant(tensor):
+  if plan.quantized(tensor):
     return
-  if _read_only_by_concats(view, tensor, settings):
+  if _read_only_by_concats(plan.view, tensor, settings):
     concatenated.add(tensor)
     return
-  _quantize_output(view, tensor, name, settings, settings.options.activation_spec(), report)
+  _quantize_output(plan, tensor, name, settings, settings.options.activation_spec(), report)
 
 
 def _read_only_by_concats(view, tensor, settings):
@@ -357,7 +340,7 @@ def _read_only_by_concats(view, tensor, settings):
                                for r in readers)
 
 
-def _quantize_concat(view, op, settings, memo, concatenated, report):
+def _quantize_concat(plan, op, settings, memo, concatenated, report):
   """TFLite's CONCATENATION has one scale for its inputs and output, and its converter takes
   the grid of the first input that has one (a pool, a tensor other ops read): the branches
   convert onto it, other inputs are requantized to it. The eval graph computes the same: the
@@ -367,27 +350,23 @@ def _quantize_concat(view, op, settings, memo, concatenated, report):
   is left to the outer one."""
   values = op.inputs[:-1]  # the last input is the axis
   if not all(t.dtype == tf.float32 for t in values) or not any(
-      t in concatenated or _reaches_fake_quant(t, memo) for t in values):
+      t in concatenated or _reaches_fake_quant(plan, t, memo) for t in values):
     return
   output = op.outputs[0]
-  if view.followed_by_fake_quant(output):
+  if plan.quantized(output):
     return
-  if _read_only_by_concats(view, output, settings):
+  if _read_only_by_concats(plan.view, output, settings):
     concatenated.add(output)
     return
   name = join(op.name, "activation_%s_quant" % op.type)
   anchor = next((t for t in values if t not in concatenated), None)
-  quantizer, delay = input_quantizer(anchor) if anchor is not None else (None, None)
-  if quantizer is None:
-    _quantize_output(view, output, name, settings, settings.options.activation_spec(), report,
+  source = plan.input_grid(anchor) if anchor is not None else None
+  if source is None:
+    _quantize_output(plan, output, name, settings, settings.options.activation_spec(), report,
                      nonnegative=all(_nonnegative(t) for t in values))
     return
-  consumers = view.consumers(output)
-  scope = editor.unique_scope(op.graph, name)
-  with op.graph.as_default():
-    quantized = fake_quant.fake_quantize_like(output, quantizer, scope, delay)
-  editor.reroute(output, quantized, consumers)
-  report.quantizers.append(scope.rstrip("/"))
+  plan.add(Point(name, output, edges_of(output, plan.view.consumers(output)), SameGrid(source),
+                 report))
 
 
 def _nonnegative(tensor):
@@ -402,42 +381,34 @@ def _nonnegative(tensor):
   return False
 
 
-def _quantize_on_input_grid(view, op, report):
+def _quantize_on_input_grid(plan, op, report):
   """A max pool read by several layers gets an explicit FakeQuant on its input quantizer's
   grid (the same variables; on values already on that grid it changes nothing): without one,
   TFLite's converter quantized the pool for an AvgPool branch but left a conv reading it in
   float (Keras InceptionV3)."""
   output = op.outputs[0]
-  quantizer, delay = input_quantizer(op.inputs[0])
-  if quantizer is None or view.followed_by_fake_quant(output):
+  source = plan.input_grid(op.inputs[0])
+  if source is None or plan.quantized(output):
     return
-  consumers = view.consumers(output)
-  scope = editor.unique_scope(op.graph, join(op.name, "activation_%s_quant" % op.type))
-  with op.graph.as_default():
-    quantized = fake_quant.fake_quantize_like(output, quantizer, scope, delay)
-  editor.reroute(output, quantized, consumers)
-  report.quantizers.append(scope.rstrip("/"))
+  plan.add(Point(join(op.name, "activation_%s_quant" % op.type), output,
+                 edges_of(output, plan.view.consumers(output)), SameGrid(source), report))
 
 
-def _quantize_bias(layer, bias_op, bias):
+def _quantize_bias(plan, layer, bias_op, bias):
   """Rounds the bias added by `bias_op` to the grid s_in·s_w of the layer's input and weight
   quantizers, as TFLite adds it (int32 on that grid, per output channel for per-channel
   weights); a float bias is up to ~0.003 output LSB off and flips values near a rounding tie.
   Straight-through gradient; no variables. Returns False (the bias stays float) unless both
   the data input and the weights are on a known FakeQuant grid."""
   kind = kind_of(layer)
-  in_q, in_delay = input_quantizer(layer.inputs[kind.data_input])
-  w_q, w_delay = weight_quantizer(layer.inputs[kind.weight_input])
-  if in_q is None or w_q is None or roles.of(bias.op) == "bias_quant":
+  in_grid = plan.input_grid(layer.inputs[kind.data_input])
+  w_grid = plan.weight_grid(layer, kind.weight_input)
+  if in_grid is None or w_grid is None or roles.of(bias.op) == "bias_quant":
     return False
   index = next(i for i, t in enumerate(bias_op.inputs)
                if t.op is bias.op and t.value_index == bias.value_index)
-  graph = layer.graph
-  scope = editor.unique_scope(graph, join(context(layer), "bias_quant"))
-  delay = w_delay if w_delay is not None else in_delay
-  with graph.as_default(), graph.name_scope(scope):
-    quantized = fake_quant.quantize_bias(bias, in_q, w_q, delay)
-  editor.replace_input(bias_op, index, quantized)
+  plan.add(Point(join(context(layer), "bias_quant"), bias, [(bias_op, index)],
+                 BiasGrid(in_grid, w_grid), None))
   return True
 
 
@@ -451,19 +422,22 @@ def _pools(mean):
   return 0 not in {int(a) % rank for a in np.ravel(axes)}
 
 
-def _reaches_fake_quant(tensor, memo):
-  """True if `tensor` is quantized, looking back through pass-through and Add/Mul ops."""
+def _reaches_fake_quant(plan, tensor, memo):
+  """True if `tensor` is quantized (or planned to be), looking back through pass-through and
+  Add/Mul ops."""
+  if plan.on(tensor) is not None:  # that tensor only: another output of its op may stay float
+    return True
   op = tensor.op
   if op not in memo:
     memo[op] = False  # guards against revisiting while the answer is pending
     if is_fake_quantized(tensor):
       memo[op] = True
     elif dropout_input(op) is not None:
-      memo[op] = _reaches_fake_quant(dropout_input(op), memo)
+      memo[op] = _reaches_fake_quant(plan, dropout_input(op), memo)
     elif op.type in PASS_THROUGH_TYPES and op.inputs:
-      memo[op] = _reaches_fake_quant(op.inputs[0], memo)
+      memo[op] = _reaches_fake_quant(plan, op.inputs[0], memo)
     elif op.type in _GENERIC_TYPES:
-      memo[op] = any(_reaches_fake_quant(t, memo) for t in op.inputs)
+      memo[op] = any(_reaches_fake_quant(plan, t, memo) for t in op.inputs)
   return memo[op]
 
 

@@ -19,10 +19,15 @@ def weight_quantizer(tensor):
   return None, None
 
 
-def input_quantizer(tensor):
-  """(the FakeQuant whose grid `tensor` is on, its delay condition or None), or (None, None)."""
+def input_quantizer(tensor, planned=lambda tensor: None):
+  """(the FakeQuant whose grid `tensor` is on, its delay condition or None), or (None, None).
+  `planned(t)` names a quantizer not built yet on a tensor t of the walk (passes/quantizer_plan);
+  it is returned as found, with no delay."""
   delay = None
   while True:
+    point = planned(tensor)
+    if point is not None:
+      return point, None
     op = tensor.op
     if op.type == "FakeQuantWithMinMaxVars":
       return op, delay
