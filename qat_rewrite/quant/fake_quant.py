@@ -80,6 +80,11 @@ def new_variable(name, shape, dtype, init, scope, use_resource=None):
 _REPLICA_SCOPE = re.compile(r"(^|/)replica_[1-9][0-9]*/")
 
 
+def in_replica_scope(scope):
+  """True if `scope` is under a tf.distribute replica's tower (`replica_<k>/`, k > 0)."""
+  return bool(_REPLICA_SCOPE.search(scope if scope.endswith("/") else scope + "/"))
+
+
 def _first_replica_range(graph, var_scope):
   """(min, max) read by the first replica's quantizer for the tower quantizer `var_scope`
   (`replica_<k>/<name>` -> `<name>`), or None: one range shared by all replicas."""
