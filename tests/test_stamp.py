@@ -1,14 +1,17 @@
-"""Range quantizers are stamped from NodeDef templates in one import (graph/stamp.py,
-passes/build_quantizers.py). The graph must be the one that building each quantizer op by op
-gives: the same nodes, attributes, inputs and collections, and variables of their own."""
+"""Range quantizers and DPU positions are stamped from NodeDef templates in one import
+(graph/stamp.py, passes/build_quantizers.py, targets/dpu/quantizers.py). The graph must be the
+one that building each op by op gives: the same nodes, attributes, inputs and collections, and
+variables of their own."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import builders
-from qat_rewrite import quantize
+import dpu_models
+from qat_rewrite import decent_q, quantize
 from qat_rewrite.passes import build_quantizers
+from qat_rewrite.targets.dpu import quantizers as dpu_quantizers
 
 v1 = tf.compat.v1
 
@@ -97,3 +100,38 @@ def test_each_stamped_quantizer_has_range_variables_of_its_own():
       learned = sess.run([n + '/max/Read/ReadVariableOp:0' for n in names])
   np.testing.assert_allclose(learned, batch_max, rtol=1e-3)  # the EMA's first weight, in float32
   assert len(set(np.round(learned, 5))) == 3
+
+
+def _dpu_rewritten(training, stamped, monkeypatch):
+  """(graph, report) of a decent_q rewrite of dpu_models, positions stamped or built op by op."""
+  copies = []
+  if stamped:
+    stamp = dpu_quantizers.stamp.stamp
+    monkeypatch.setattr(dpu_quantizers.stamp, 'stamp',
+                        lambda graph, c: copies.extend(c) or stamp(graph, c))
+  else:
+    monkeypatch.setattr(dpu_quantizers, '_stamped_positions', dpu_quantizers._built_positions)
+  with tf.Graph().as_default() as graph:
+    dpu_models.build(is_training=training)
+    config = decent_q.QuantizeConfig(input_nodes=dpu_models.INPUT_NODES,
+                                     output_nodes=dpu_models.OUTPUT_NODES,
+                                     input_shapes=dpu_models.INPUT_SHAPES)
+    report = (decent_q.CreateQuantizeTrainingGraph if training
+              else decent_q.CreateQuantizeEvaluationGraph)(config=config)
+  monkeypatch.undo()
+  assert bool(copies) == stamped
+  return graph, report
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['training', 'eval'])
+def test_stamped_dpu_positions_are_the_graph_built_op_by_op(training, monkeypatch):
+  """The position search, most of a FixNeuron's ops; eval's names its histogram in a message."""
+  stamped, report = _dpu_rewritten(training, True, monkeypatch)
+  by_ops, by_ops_report = _dpu_rewritten(training, False, monkeypatch)
+  nodes = {n.name: n for n in stamped.as_graph_def().node}
+  want = {n.name: n for n in by_ops.as_graph_def().node}
+  assert sorted(nodes) == sorted(want)
+  assert [name for name in want if nodes[name] != want[name]] == []
+  assert _collections(stamped) == _collections(by_ops)
+  assert str(report) == str(by_ops_report)
+  assert any(n.endswith('/pos_histogram') for n in nodes)

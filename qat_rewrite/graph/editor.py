@@ -32,12 +32,12 @@ def add_control_inputs(op, control_ops):
 
 
 def mark_scopes_used(graph, op_names):
-  """Marks every name scope of `op_names` used, as building those ops in place would have: a
-  later `unique_scope` of one of them gets a new name (`act_quant_1`), not the same one."""
+  """Marks `op_names` and every name scope of them used, as building those ops in place would
+  have: a later `unique_scope` of one of them gets a new name (`act_quant_1`), not the same one."""
   used = graph._names_in_use  # pylint: disable=protected-access
   for name in op_names:
     parts = name.lower().split("/")
-    for end in range(1, len(parts)):
+    for end in range(1, len(parts) + 1):
       used.setdefault("/".join(parts[:end]), 1)
 
 

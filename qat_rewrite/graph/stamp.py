@@ -90,7 +90,7 @@ def stamp(graph, copies):
       copy.name = renamed(node.name)
       copy.input[:] = [_renamed_input(name, renamed) for name in node.input]
       for value in copy.attr.values():
-        _rename_strings(value, renamed)
+        _rename_strings(value, scope)
     for node in tmpl.shared:
       shared.setdefault(node.name, node)
   for name, node in shared.items():
@@ -130,21 +130,19 @@ def _renamed_input(name, renamed):
   return ("^" if control else "") + renamed(op_name) + (":" + index if index else "")
 
 
-def _rename_strings(value, renamed):
-  """Renames the template's names in a string attribute: a colocation (`loc:@<op>`) or a
-  variable's shared_name."""
+def _rename_strings(value, scope):
+  """Puts the copy's scope for the template's in a string attribute or string constant: a
+  colocation (`loc:@<op>`), a variable's shared_name, a message naming an op."""
   if value.HasField("s"):
-    value.s = _renamed_string(value.s, renamed)
+    value.s = _renamed_string(value.s, scope)
   elif value.HasField("list") and value.list.s:
-    value.list.s[:] = [_renamed_string(s, renamed) for s in value.list.s]
+    value.list.s[:] = [_renamed_string(s, scope) for s in value.list.s]
+  elif value.HasField("tensor") and value.tensor.string_val:
+    value.tensor.string_val[:] = [_renamed_string(s, scope) for s in value.tensor.string_val]
 
 
-def _renamed_string(raw, renamed):
-  text = raw.decode("utf-8", "surrogateescape")
-  prefix = "loc:@" if text.startswith("loc:@" + _SCOPE) else ""
-  if not text[len(prefix):].startswith(_SCOPE):
-    return raw
-  return (prefix + renamed(text[len(prefix):])).encode("utf-8", "surrogateescape")
+def _renamed_string(raw, scope):
+  return raw.replace(_SCOPE.encode(), scope.encode())
 
 
 def _fill_collections(graph, tmpl, renamed):

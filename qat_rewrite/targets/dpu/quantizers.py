@@ -13,12 +13,14 @@ decent_q's FixNeuron was called). Positions:
     align concat/pool inputs to the output, shift_cut (moves weights), shift_bias (moves biases).
 """
 
+import functools
+
 import tensorflow as tf
 
-from qat_rewrite.graph import editor, roles
+from qat_rewrite.graph import editor, roles, stamp
 from qat_rewrite.quant import pow2
 from qat_rewrite.targets.dpu import arithmetic
-from qat_rewrite.targets.dpu.plan import ACTIVATION, INPUT
+from qat_rewrite.targets.dpu.plan import ACTIVATION, INPUT, Point
 
 
 FIX_NEURON_ROLE = "fix_neuron"  # a point's output Identity (graph/roles.py)
@@ -26,7 +28,7 @@ FIX_NEURON_ROLE = "fix_neuron"  # a point's output Identity (graph/roles.py)
 
 def build(graph, plan, training, use_resource, adjust_shift_cut=1, adjust_shift_bias=1):
   """Adds every point of `plan` to `graph`; returns {point name: its `P/pos` tensor}."""
-  positions = {p.name: _position(graph, p, training, use_resource) for p in plan.points}
+  positions = _positions(graph, plan, training, use_resource)
   if not training:
     _align(plan, positions)
     for group in plan.groups:
@@ -62,13 +64,52 @@ def _add_before_activation(graph, group, error, rounding_errors):
   editor.replace_input(activation, 0, shifted)
 
 
-def _position(graph, point, training, use_resource):
-  scope = point.name + "/"
+def _positions(graph, plan, training, use_resource):
+  """{point name: its position tensor}, under `<point>/`. The position search is most of a
+  FixNeuron's ops, so the positions are stamped from one template per kind (graph/stamp.py),
+  in one import; under a tf.distribute strategy they are built op by op."""
+  if tf.distribute.has_strategy():
+    return _built_positions(graph, plan, training, use_resource)
+  return _stamped_positions(graph, plan, training, use_resource)
+
+
+def _built_positions(graph, plan, training, use_resource):
+  with graph.as_default():
+    return {p.name: _position(p, p.name + "/", p.tensor, training, use_resource)
+            for p in plan.points}
+
+
+def _stamped_positions(graph, plan, training, use_resource):
+  if use_resource is None:
+    use_resource = tf.compat.v1.resource_variables_enabled()
+  copies = []
+  for p in plan.points:
+    rank = p.tensor.shape.rank
+    template = _position_template(
+        p.tensor.dtype, (None,) * rank if rank is not None else None, p.kind, p.bits, p.method,
+        p.depthwise, training, use_resource)
+    copies.append((template, p.name + "/", [p.tensor]))
+  return {p.name: pos for p, pos in zip(plan.points, stamp.stamp(graph, copies))}
+
+
+@functools.lru_cache(maxsize=256)
+def _position_template(dtype, shape, kind, bits, method, depthwise, training, use_resource):
+  """The NodeDef template of one kind of position (protos only: it holds no graph)."""
+  point = Point(name="", tensor=None, kind=kind, bits=bits, method=method, consumers=[],
+                depthwise=depthwise)
+  return stamp.template(
+      lambda scope, x: _position(point, scope, x, training, use_resource),
+      [(dtype, shape)])
+
+
+def _position(point, scope, tensor, training, use_resource):
+  """`tensor`'s position under `scope`: tracked over training for an activation or input, that
+  of its values for weights and biases."""
   if point.kind in (INPUT, ACTIVATION):
-    return pow2.tracked_position(point.tensor, point.bits, point.method, scope, training,
+    return pow2.tracked_position(tensor, point.bits, point.method, scope, training,
                                  point.rounding, use_resource=use_resource)
-  with graph.name_scope(scope):
-    return pow2.choose_pos_tf(point.tensor, point.bits, point.method, point.rounding,
+  with tf.compat.v1.get_default_graph().name_scope(scope):
+    return pow2.choose_pos_tf(tensor, point.bits, point.method, point.rounding,
                               point.depthwise)
 
 
