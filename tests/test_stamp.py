@@ -77,6 +77,7 @@ def test_stamped_quantizers_are_the_graph_built_op_by_op(case, use_resource, mon
   assert _collections(stamped) == _collections(by_ops)
   assert str(report) == str(by_ops_report)
   assert any('/act_quant/' in name for name in nodes)
+  assert any('/bias_quant/' in name for name in nodes)
 
 
 def test_each_stamped_quantizer_has_range_variables_of_its_own():

@@ -19,21 +19,30 @@ from qat_rewrite.quant import fake_quant, pool_rounding
 
 def build(graph, plan, settings):
   """Builds every point of `plan` in `graph` (a `Settings` says training, delay, variables);
-  each point's report gets its scope."""
+  each point's report gets its scope. Biases come last, after every grid they read."""
   with graph.as_default():
-    scopes = [editor.unique_scope(graph, point.name) for point in plan.points]
-    built = _stamped_ranges(graph, plan, scopes, settings)
+    scopes = {point: editor.unique_scope(graph, point.name) for point in plan.points}
     # point -> (its quantized output, its FakeQuant op, its delay condition or None)
-    for point, scope in zip(plan.points, scopes):
-      if point in built:
-        quantized, _, delay = built[point]
-      else:
-        quantized, delay = _BUILDERS[type(point.grid)](point, scope, settings, built)
-      for op, index in point.edges:
-        editor.replace_input(op, index, quantized)
-      built[point] = (quantized, unwrapped_quantizer_output(quantized)[0].op, delay)
-      if point.report is not None:
-        point.report.quantizers.append(scope.rstrip("/"))
+    built = {}
+    stamped = _stamped_ranges(graph, plan, scopes, settings)
+    for point in plan.points:
+      if isinstance(point.grid, BiasGrid):
+        continue
+      quantized, delay = stamped.get(point) or _BUILDERS[type(point.grid)](
+          point, scopes[point], settings, built)
+      _attach(point, scopes[point], quantized, delay, built)
+    biases = [point for point in plan.points if isinstance(point.grid, BiasGrid)]
+    for point, quantized in zip(biases, _stamped_biases(graph, biases, scopes, built)):
+      _attach(point, scopes[point], quantized, None, built)
+
+
+def _attach(point, scope, quantized, delay, built):
+  """Makes the point's edges read `quantized`, and records it."""
+  for op, index in point.edges:
+    editor.replace_input(op, index, quantized)
+  built[point] = (quantized, unwrapped_quantizer_output(quantized)[0].op, delay)
+  if point.report is not None:
+    point.report.quantizers.append(scope.rstrip("/"))
 
 
 def _stamped_ranges(graph, plan, scopes, settings):
@@ -45,22 +54,67 @@ def _stamped_ranges(graph, plan, scopes, settings):
   if use_resource is None:
     use_resource = tf.compat.v1.resource_variables_enabled()
   copies, owners = [], []
-  for point, scope in zip(plan.points, scopes):
+  for point in plan.points:
+    scope = scopes[point]
     if not isinstance(point.grid, OwnRange) or fake_quant.in_replica_scope(scope):
       continue
     delay = settings.delay_reached(scope + "activate_quant")
     grid, x = point.grid, point.tensor
     # Only a per-channel range reads the shape; other ops depend on the rank alone.
-    shape = (tuple(x.shape.as_list()) if grid.spec.per_channel
-             else (None,) * x.shape.rank if x.shape.rank is not None else None)
+    dtype, shape = (x.dtype, tuple(x.shape.as_list())) if grid.spec.per_channel else _rank(x)
     template = _range_template(
-        x.dtype, shape, grid.spec, tuple(grid.per_channel_shape or ()) or None, grid.nonnegative,
+        dtype, shape, grid.spec, tuple(grid.per_channel_shape or ()) or None, grid.nonnegative,
         grid.in_update_ops, settings.options.training, use_resource, delay is not None)
     copies.append((template, scope, [x] + ([delay] if delay is not None else [])))
     owners.append((point, delay))
   outputs = stamp.stamp(graph, copies)
-  return {point: (quantized, unwrapped_quantizer_output(quantized)[0].op, delay)
-          for (point, delay), quantized in zip(owners, outputs)}
+  return {point: (quantized, delay) for (point, delay), quantized in zip(owners, outputs)}
+
+
+def _rank(tensor):
+  """(dtype, shape) of a placeholder of `tensor`'s rank: what a template of ops that read only
+  the rank is built on."""
+  rank = tensor.shape.rank
+  return tensor.dtype, (None,) * rank if rank is not None else None
+
+
+def _stamped_biases(graph, biases, scopes, built):
+  """The quantized bias of each BiasGrid point, stamped in one import (built op by op under a
+  tf.distribute strategy)."""
+  if tf.distribute.has_strategy():
+    return [_bias(point, scopes[point], None, built)[0] for point in biases]
+  copies = []
+  for point in biases:
+    in_q, in_delay = _resolved(point.grid.input, built)
+    w_q, w_delay = _resolved(point.grid.weights, built)
+    delay = w_delay if w_delay is not None else in_delay
+    ranges = list(in_q.inputs[1:3]) + list(w_q.inputs[1:3])
+    inputs = [point.tensor] + ranges + ([delay] if delay is not None else [])
+    template = _bias_template(tuple(_rank(t) for t in inputs), _grid_attrs(in_q),
+                              _grid_attrs(w_q), delay is not None)
+    copies.append((template, scopes[point], inputs))
+  return stamp.stamp(graph, copies)
+
+
+def _grid_attrs(quantizer):
+  return quantizer.get_attr("num_bits"), quantizer.get_attr("narrow_range")
+
+
+@functools.lru_cache(maxsize=256)
+def _bias_template(signature, input_attrs, weight_attrs, delayed):
+  """The NodeDef template of one kind of bias quantizer. It reads the input and weight ranges
+  through stand-in FakeQuant ops outside its scope, which are not copied."""
+  def build(scope, bias, in_min, in_max, w_min, w_max, *delay):
+    stand_in = tf.compat.v1.placeholder(tf.float32, name="stand_in")
+    in_q = tf.quantization.fake_quant_with_min_max_vars(
+        stand_in, in_min, in_max, num_bits=input_attrs[0], narrow_range=input_attrs[1])
+    w_fake_quant = (tf.quantization.fake_quant_with_min_max_vars_per_channel if w_min.shape.rank
+                    else tf.quantization.fake_quant_with_min_max_vars)
+    w_q = w_fake_quant(stand_in, w_min, w_max, num_bits=weight_attrs[0],
+                       narrow_range=weight_attrs[1])
+    with tf.compat.v1.get_default_graph().name_scope(scope):
+      return fake_quant.quantize_bias(bias, in_q.op, w_q.op, delay[0] if delayed else None)
+  return stamp.template(build, list(signature))
 
 
 @functools.lru_cache(maxsize=256)
