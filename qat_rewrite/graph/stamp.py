@@ -170,6 +170,6 @@ def _has_op(graph, name):
 
 def _used(input_map, graph_def):
   """The entries of `input_map` that some node reads (the importer refuses the others)."""
-  read = {name.lstrip("^") if ":" in name else name + ":0"
+  read = {name if ":" in name else name + ":0"
           for node in graph_def.node for name in node.input if not name.startswith("^")}
   return {k: v for k, v in input_map.items() if k in read}

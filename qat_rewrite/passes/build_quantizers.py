@@ -1,10 +1,11 @@
 """Turns a `QuantizerPlan` into ops: each point in plan order, so the grid it refers to is built
 before it, then its edges are rerouted to read its output.
 
-Points with a range of their own, most of a plan, are stamped from NodeDef templates in one
-import (`graph/stamp.py`): one template per kind of quantizer, built by `fake_quant` itself, so
-the graph is the one building each in place gives. Under a tf.distribute strategy, whose
-replicas share ranges, they are built op by op.
+Points with a range of their own, most of a plan, and then the biases are stamped from NodeDef
+templates, one import each (`graph/stamp.py`): one template per kind of quantizer, built by
+`fake_quant` itself, so the graph is the one building each in place gives. Under a
+tf.distribute strategy, whose replicas share ranges, they are built op by op, as the few
+points on another quantizer's grid always are.
 """
 
 import functools
@@ -46,8 +47,8 @@ def _attach(point, scope, quantized, delay, built):
 
 
 def _stamped_ranges(graph, plan, scopes, settings):
-  """{point: (quantized output, FakeQuant op, delay)} of the OwnRange points, stamped in one
-  import; {} under a tf.distribute strategy."""
+  """{point: (quantized output, delay condition or None)} of the OwnRange points, stamped in
+  one import; {} under a tf.distribute strategy."""
   if tf.distribute.has_strategy():
     return {}
   use_resource = settings.use_resource
@@ -61,7 +62,8 @@ def _stamped_ranges(graph, plan, scopes, settings):
     delay = settings.delay_reached(scope + "activate_quant")
     grid, x = point.grid, point.tensor
     # Only a per-channel range reads the shape; other ops depend on the rank alone.
-    dtype, shape = (x.dtype, tuple(x.shape.as_list())) if grid.spec.per_channel else _rank(x)
+    dtype, shape = ((x.dtype, tuple(x.shape.as_list())) if grid.spec.per_channel
+                    else _rank_signature(x))
     template = _range_template(
         dtype, shape, grid.spec, tuple(grid.per_channel_shape or ()) or None, grid.nonnegative,
         grid.in_update_ops, settings.options.training, use_resource, delay is not None)
@@ -71,7 +73,7 @@ def _stamped_ranges(graph, plan, scopes, settings):
   return {point: (quantized, delay) for (point, delay), quantized in zip(owners, outputs)}
 
 
-def _rank(tensor):
+def _rank_signature(tensor):
   """(dtype, shape) of a placeholder of `tensor`'s rank: what a template of ops that read only
   the rank is built on."""
   rank = tensor.shape.rank
@@ -90,7 +92,7 @@ def _stamped_biases(graph, biases, scopes, built):
     delay = w_delay if w_delay is not None else in_delay
     ranges = list(in_q.inputs[1:3]) + list(w_q.inputs[1:3])
     inputs = [point.tensor] + ranges + ([delay] if delay is not None else [])
-    template = _bias_template(tuple(_rank(t) for t in inputs), _grid_attrs(in_q),
+    template = _bias_template(tuple(_rank_signature(t) for t in inputs), _grid_attrs(in_q),
                               _grid_attrs(w_q), delay is not None)
     copies.append((template, scopes[point], inputs))
   return stamp.stamp(graph, copies)
@@ -133,6 +135,7 @@ def clear_templates():
   """Forgets the templates: for code that changes how `fake_quant` builds (a test swapping the
   per-channel gradient)."""
   _range_template.cache_clear()
+  _bias_template.cache_clear()
 
 
 def _resolved(grid, built):
@@ -181,5 +184,4 @@ def _bias(point, scope, settings, built):
     return fake_quant.quantize_bias(point.tensor, in_q, w_q, delay), delay
 
 
-_BUILDERS = {OwnRange: _own_range, SameGrid: _same_grid, PoolRounding: _pool_rounding,
-             BiasGrid: _bias}
+_BUILDERS = {OwnRange: _own_range, SameGrid: _same_grid, PoolRounding: _pool_rounding}
