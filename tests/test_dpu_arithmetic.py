@@ -1,7 +1,9 @@
 """DPU arithmetic constraints (decent_q research §2.6-2.7), on crafted positions."""
 
 import pytest
+import tensorflow as tf
 
+from qat_rewrite.layers import kind_of
 from qat_rewrite.targets.dpu import arithmetic as dpu
 
 
@@ -55,3 +57,18 @@ def test_only_leaky_relu_0_1_becomes_26_over_256():
   assert dpu.leaky_relu_alpha(0.100001) == 26 / 256
   assert dpu.leaky_relu_alpha(0.2) == 0.2
   assert dpu.HARD_SIGMOID_FACTOR == pytest.approx(6 * 2731 / 16384)
+
+
+@pytest.mark.parametrize("build, shape, expected", [
+    (lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"), [3, 3, 4, 8], 36),
+    (lambda x, w: tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME"), [3, 3, 4, 2], 9),
+    (lambda x, w: tf.nn.conv2d_transpose(x, w, [2, 8, 8, 8], 1, "SAME"), [3, 3, 8, 4], 36),
+    (lambda x, w: tf.matmul(tf.reshape(x, [2, -1])[:, :16], w), [16, 10], 16),
+    (lambda x, w: tf.matmul(tf.reshape(x, [2, -1])[:, :16], w, transpose_b=True), [10, 16], 16),
+], ids=["conv2d", "depthwise", "conv2d_transpose", "matmul", "matmul_transpose_b"])
+def test_kernel_elements_count_the_products_one_output_sums(build, shape, expected):
+  """adjust_shift_bias=2 reads h·w·c_in from the layer kind (`LayerKind.kernel_elements`)."""
+  with tf.Graph().as_default():
+    layer = build(tf.zeros([2, 8, 8, 4]), tf.zeros(shape)).op
+    assert kind_of(layer).kernel_elements(layer, shape) == expected
+    assert kind_of(layer).kernel_elements(layer, [None] * len(shape)) is None

@@ -6,6 +6,7 @@ up with the weight tensor. Adding a layer type means adding one `LayerKind` here
 """
 
 import dataclasses
+import math
 from typing import Callable, Optional, Tuple
 
 ACTIVATION_TYPES = ("Relu", "Relu6", "LeakyRelu", "Identity")
@@ -26,6 +27,7 @@ class LayerKind:
   `per_channel_shape(op, weight_shape)` gives the shape that puts the output
   channels last (what FakeQuantWithMinMaxVarsPerChannel needs), or None when
   per-channel weights are not supported for this op.
+  `summed_axes(op)` gives the weight axes one output sums over (`kernel_elements`).
   """
   name: str
   op_types: Tuple[str, ...]
@@ -38,6 +40,13 @@ class LayerKind:
   # TFLite's kernel applies a following ReLU/ReLU6 itself; else the layer output is a tensor
   # of its own before the activation and needs a range (TRANSPOSE_CONV runs RELU separately).
   fuses_relu: bool = True
+  summed_axes: Callable = None
+
+  def kernel_elements(self, op, weight_shape):
+    """How many products one output of `op` sums (kh·kw·c_in; kh·kw for a depthwise conv; K
+    for a MatMul), or None if the weight shape is not known."""
+    dims = [weight_shape[axis] for axis in self.summed_axes(op)]
+    return None if None in dims else math.prod(dims)
 
 
 def _nhwc_only(op):
@@ -77,13 +86,21 @@ def _no_per_channel(op, shape):
   return None
 
 
+def _matmul_summed(op):
+  return (1,) if op.get_attr("transpose_b") else (0,)
+
+
 LAYER_KINDS = (
-    LayerKind("conv2d", ("Conv2D",), 0, 1, _last_axis, _channels_last, supports=_nhwc_only),
+    LayerKind("conv2d", ("Conv2D",), 0, 1, _last_axis, _channels_last, supports=_nhwc_only,
+              summed_axes=lambda op: (0, 1, 2)),  # [kh, kw, c_in, c_out]
     LayerKind("depthwise_conv2d", ("DepthwiseConv2dNative",), 0, 1, _depthwise_scale,
-              _depthwise_per_channel, supports=_nhwc_only),
+              _depthwise_per_channel, supports=_nhwc_only,
+              summed_axes=lambda op: (0, 1)),  # [kh, kw, c_in, multiplier]
     LayerKind("conv2d_transpose", ("Conv2DBackpropInput",), 2, 1, _transpose_conv_scale,
-              _no_per_channel, supports=_nhwc_only, fuses_relu=False),
-    LayerKind("matmul", ("MatMul",), 0, 1, _matmul_scale, _matmul_per_channel),
+              _no_per_channel, supports=_nhwc_only, fuses_relu=False,
+              summed_axes=lambda op: (0, 1, 3)),  # [kh, kw, c_out, c_in]
+    LayerKind("matmul", ("MatMul",), 0, 1, _matmul_scale, _matmul_per_channel,
+              summed_axes=_matmul_summed),  # [K, N], or [N, K] with transpose_b
 )
 
 # Compute ops with weights or heavy arithmetic that no LayerKind covers: reported as float.

@@ -12,7 +12,6 @@ patterns that touch `ignore_nodes` stay float.
 import dataclasses
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 
 from qat_rewrite.graph.matcher import find_matches
@@ -78,15 +77,7 @@ class Group:
   @property
   def kernel_elements(self):
     """The products summed per output: kh·kw·c_in (kh·kw depthwise, K for a MatMul)."""
-    shape = self.weights.tensor.shape.as_list()
-    kind = kind_of(self.layer).name
-    if kind == "depthwise_conv2d":
-      shape = shape[:2]
-    elif kind == "conv2d_transpose":
-      shape = shape[:2] + shape[3:]
-    else:
-      shape = shape[:-1]
-    return int(np.prod(shape)) if shape and None not in shape else None
+    return kind_of(self.layer).kernel_elements(self.layer, self.weights.tensor.shape.as_list())
 
 
 @dataclasses.dataclass
