@@ -36,7 +36,7 @@ def add_arguments(parser):
 def unscale_on_outputs():
   """The contrib rewrite as it was before the fold's 1/s moved onto the weights."""
   original = rewrite_pass.unscale_on_weights
-  rewrite_pass.unscale_on_weights = lambda graph: []
+  rewrite_pass.unscale_on_weights = lambda graph, unscales: []
   try:
     yield
   finally:

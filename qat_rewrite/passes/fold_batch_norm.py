@@ -23,11 +23,11 @@ the delay, A = 1 and B uses the moving statistics, which stop updating.
 
 import collections
 import dataclasses
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 
-from qat_rewrite.graph import editor, roles, state
+from qat_rewrite.graph import editor, roles
 from qat_rewrite.graph.matcher import find_matches
 from qat_rewrite.graph.view import (CONTROL_FLOW_TYPES, SHAPE_TYPES, GraphView,
                                     constant_value, context, join, value_of)
@@ -37,27 +37,33 @@ from qat_rewrite.quant import fake_quant
 
 # The name scope of what a fold builds: `<layer scope>/BatchNorm_Fold/`, as contrib named it.
 FOLD_SCOPE = "BatchNorm_Fold"
-# Graph state (graph/state.py): {layer name: the eval fold's bias, or an _EvalBias until it is
-# asked for}. Which batch norm a fold replaced is a node attribute (roles.mark_replacement).
-_EVAL_BIAS = "fold_batch_norm.eval_bias"
 # What the eval fold's bias β + (b − μ)·s is made of, and the name scope to build it in.
 _EvalBias = collections.namedtuple("_EvalBias", "scope beta bias moving_mean scale")
-# [(layer, y/s, 1/s)] of the training folds whose 1/s may move onto the weights.
-_UNSCALES = "fold_batch_norm.unscales"
+# A training fold's y/s and 1/s, which may move onto the layer's weights.
+_Unscale = collections.namedtuple("_Unscale", "layer unscaled inverse_scale")
 
 
-def eval_time_bias(graph, layer_name):
-  """β + (b − μ_moving)·γ/σ_moving: the bias the eval fold adds after layer `layer_name`, built
-  (once) in a training graph whose fold normalizes with batch statistics, which never adds it.
-  Targets that quantize the folded bias coarsely (DPU: weight_bit bits) need it to train with
-  its rounding. None if the layer has no such fold."""
-  biases = state.get(graph, _EVAL_BIAS, {})
-  recipe = biases.get(layer_name)
-  if isinstance(recipe, _EvalBias):  # built the first time it is asked for
-    with graph.as_default(), graph.name_scope(recipe.scope):
-      biases[layer_name] = tf.add(recipe.beta, (recipe.bias - recipe.moving_mean) * recipe.scale,
-                                  name="bias")
-  return biases.get(layer_name)
+@dataclasses.dataclass
+class Folds:
+  """What folding hands the steps after it (a value: no graph holds it). Which batch norm a
+  fold replaced is a node attribute (roles.mark_replacement), for frozen graphs too."""
+  folded: Dict[str, str]  # layer op name -> the batch norm folded into it
+  notes: List[str]
+  unscales: List[_Unscale]  # training folds, for `unscale_on_weights`
+  eval_biases: Dict[str, object]  # layer name -> its _EvalBias, then the bias once built
+
+  def eval_time_bias(self, layer_name):
+    """β + (b − μ_moving)·γ/σ_moving: the bias the eval fold adds after layer `layer_name`,
+    built (once) in a training graph whose fold normalizes with batch statistics, which never
+    adds it. Targets that quantize the folded bias coarsely (DPU: weight_bit bits) need it to
+    train with its rounding. None if the layer has no such fold."""
+    recipe = self.eval_biases.get(layer_name)
+    if isinstance(recipe, _EvalBias):  # built the first time it is asked for
+      graph = recipe.beta.graph
+      with graph.as_default(), graph.name_scope(recipe.scope):
+        self.eval_biases[layer_name] = tf.add(
+            recipe.beta, (recipe.bias - recipe.moving_mean) * recipe.scale, name="bias")
+    return self.eval_biases.get(layer_name)
 
 
 def replaced_outputs(graph) -> Dict[str, tf.Tensor]:
@@ -94,12 +100,13 @@ def fold_batch_norms(graph, training, freeze_bn_delay=None, in_scope=lambda op: 
   (op, reason) pairs left alone, and notes for the report.
   """
   folds, unfoldable, _ = find_batch_norm_folds(GraphView(graph), in_scope)
-  folded, notes = apply_folds(graph, folds, training, freeze_bn_delay)
-  return folded, unfoldable, notes
+  result = apply_folds(graph, folds, training, freeze_bn_delay)
+  return result.folded, unfoldable, result.notes
 
 
 def apply_folds(graph, folds, training, freeze_bn_delay=None, use_resource=None):
-  """Folds `folds`; all are checked before the first is folded, so a refusal changes nothing."""
+  """Folds `folds`; all are checked before the first is folded, so a refusal changes nothing.
+  Returns `Folds`."""
   for f in folds:
     if f.moving_mean is None or f.moving_variance is None:
       raise ValueError(
@@ -107,16 +114,16 @@ def apply_folds(graph, folds, training, freeze_bn_delay=None, use_resource=None)
           "them was found, and the folded weights need the moving statistics. Keep the "
           "moving-average updates (e.g. tf.compat.v1.layers.batch_normalization) or build "
           "the layer without batch norm." % f.bn_name)
-  notes, folded = [], {}
+  result = Folds(folded={}, notes=[], unscales=[], eval_biases={})
   with graph.as_default():
     frozen = None
     if training and freeze_bn_delay is not None and any(f.batch_mean is not None for f in folds):
       frozen = fake_quant.step_reached(graph, freeze_bn_delay, "freeze_batch_norm", use_resource)
     view = GraphView(graph)
     for f in folds:
-      notes.extend(fold(view, f, training, frozen))
-      folded[f.layer.name] = f.bn_name
-  return folded, notes
+      fold(view, f, training, frozen, result)
+      result.folded[f.layer.name] = f.bn_name
+  return result
 
 
 def find_batch_norm_folds(view, in_scope):
@@ -271,9 +278,10 @@ def _depends_on(tensor, source, max_depth=6):
   return False
 
 
-def fold(view, f, training, frozen=None):
-  """Folds one batch norm in place. Returns notes for the report."""
-  notes = []
+def fold(view, f, training, frozen, result):
+  """Folds one batch norm in place; its notes, unscale and eval bias go into `result`
+  (`Folds`)."""
+  notes = result.notes
   batch_stats = training and f.batch_mean is not None
   if f.batch_mean is not None and not training:
     notes.append("batch norm %s was built in training mode; the eval rewrite folds it with "
@@ -297,8 +305,9 @@ def fold(view, f, training, frozen=None):
   y = f.layer_output
   with graph.name_scope(join(ctx, FOLD_SCOPE) + "/"):
     if batch_stats and frozen is None:
-      folded = _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias)
-      state.setdefault(graph, _EVAL_BIAS, {})[f.layer.name] = _EvalBias(
+      folded, unscale = _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias)
+      result.unscales.append(unscale)
+      result.eval_biases[f.layer.name] = _EvalBias(
           join(ctx, FOLD_SCOPE) + "/", beta, bias, moving_mean, scale)
     elif batch_stats:
       multiplier, offset = _batch_statistics_correction(
@@ -318,17 +327,16 @@ def fold(view, f, training, frozen=None):
   roles.mark_replacement(folded, f.output.op.name)
   if not changed:
     notes.append("batch norm %s output had no consumers" % f.bn_name)
-  return notes
 
 
-def unscale_on_weights(graph):
+def unscale_on_weights(graph, unscales):
   """Moves the 1/s of each training fold from the layer output y onto the layer's (quantized)
   weights, where they have fewer elements than one example's output: conv(x, q(w·s))·(1/s)
   becomes conv(x, q(w·s)·(1/s)), the same up to float rounding. Call it after the weight
   quantizers are in place, as they must quantize w·s (what the eval graph quantizes). Returns
-  the layers changed."""
+  the layers changed. `unscales`: `Folds.unscales`."""
   moved = []
-  for layer, unscaled, inverse_scale in state.get(graph, _UNSCALES, []):
+  for layer, unscaled, inverse_scale in unscales:
     kind = kind_of(layer)
     weight = layer.inputs[kind.weight_input]
     y = unscaled.op.inputs[0]
@@ -343,12 +351,12 @@ def unscale_on_weights(graph):
     editor.replace_input(layer, kind.weight_input, unscaled_weight)
     editor.reroute(unscaled, y, unscaled.consumers())
     moved.append(layer.name)
-  state.put(graph, _UNSCALES, [])
   return moved
 
 
 def _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias):
-  """Batch-statistics batch norm of y/s, which is the original layer output up to its bias.
+  """Batch-statistics batch norm of y/s, which is the original layer output up to its bias;
+  returns (its output, the _Unscale of y/s).
 
   One FusedBatchNorm does the statistics, the normalization and (in the backward pass)
   the full batch-norm gradient; a bias before the batch norm cancels out of it.
@@ -358,7 +366,6 @@ def _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias):
   graph = tf.compat.v1.get_default_graph()
   with graph.name_scope(join(ctx, "") if ctx else None):
     unscaled = tf.multiply(y, inverse_scale, name="post_conv_mul")
-  state.setdefault(graph, _UNSCALES, []).append((f.layer, unscaled, inverse_scale))
   channels = scale.shape[-1]
   rank4 = unscaled.shape.rank == 4
   x = unscaled if rank4 else tf.reshape(unscaled, [-1, 1, 1, channels])
@@ -375,7 +382,7 @@ def _batch_norm_of_unscaled(view, f, y, scale, gamma, beta, bias):
     stat_var = batch_var * tf.maximum(count - 1.0, 1.0) / count  # moments give the biased one
   _reroute_statistic(view, f, f.batch_mean, batch_mean + bias, input_index=3)
   _reroute_statistic(view, f, f.batch_variance, stat_var, input_index=4)
-  return out
+  return out, _Unscale(f.layer, unscaled, inverse_scale)
 
 
 def _batch_statistics_correction(view, f, y, scale, gamma, beta, bias, moving_mean, moving_var,

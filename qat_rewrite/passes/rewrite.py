@@ -18,10 +18,10 @@ def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None,
   """The steps every target shares: refuse what cannot be rewritten, then fold batch norms.
 
   With `fold_lone_batch_norms`, a batch norm that follows no weight layer first gets a unit
-  depthwise layer to fold into (see `lone_batch_norm`). Returns (report, folded, excluded,
-  use_resource): the report so far, layer name -> folded batch norm name, layers that must
-  stay float -> why, and whether the graph uses resource variables. Nothing is edited before
-  every check has passed.
+  depthwise layer to fold into (see `lone_batch_norm`). Returns (report, folds, excluded,
+  use_resource): the report so far, the `Folds` (`.folded`: layer name -> folded batch norm
+  name), layers that must stay float -> why, and whether the graph uses resource variables.
+  Nothing is edited before every check has passed.
   """
   checks.check_no_training_ops(graph)
   conditional = checks.conditional_batch_norms(graph, in_scope)
@@ -47,8 +47,8 @@ def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None,
                  % (len(lone), lone[0].name))
   types = {op.type for op in graph.get_operations()}
   use_resource = "VariableV2" not in types or "VarHandleOp" in types
-  folded, fold_notes = apply_folds(graph, folds, training, freeze_bn_delay, use_resource)
-  notes.extend(fold_notes)
+  result = apply_folds(graph, folds, training, freeze_bn_delay, use_resource)
+  notes.extend(result.notes)
 
   report = QuantizeReport(mode="training" if training else "eval", notes=notes)
   report.float_ops.extend(FloatOp(op.name, op.type, "batch norm not folded: " + why)
@@ -60,7 +60,7 @@ def fold_for_quantization(graph, training, in_scope, freeze_bn_delay=None,
                     "conditional (e.g. %s)", len(left), left[0].name)
   if len(left) < len(conditional):
     logging.info("%d layers stay float %s", len(conditional) - len(left), LEARNING_PHASE_COPY)
-  return report, folded, excluded, use_resource
+  return report, result, excluded, use_resource
 
 
 def _learning_phase_copy(conditional, folds):
@@ -120,12 +120,12 @@ def _rewrite(graph, options):
       per_channel_weights=options.per_channel, quantize_inputs=bool(options.quantize_inputs))
   settings_record.refuse_other_settings(graph, settings_text)
 
-  report, folded, excluded, use_resource = fold_for_quantization(
+  report, folds, excluded, use_resource = fold_for_quantization(
       graph, options.training, options.in_scope, options.freeze_bn_delay,
       fold_lone_batch_norms=True)
   settings = Settings(options=options, graph=graph, excluded=excluded, use_resource=use_resource)
-  layers, others, float_ops = insert_quantizers(graph, settings, folded)
-  unscale_on_weights(graph)
+  layers, others, float_ops = insert_quantizers(graph, settings, folds.folded)
+  unscale_on_weights(graph, folds.unscales)
   report.layers, report.other_quantizers = layers, others
   report.float_ops.extend(float_ops)
   if layers or others:

@@ -96,7 +96,7 @@ def rewrite(graph, config_file, record_file, range_method="min_max"):
       if configs[op.name].channel_wise and not ascend_layers.supports_channel_wise(op):
         raise ValueError("config file %s: layer %r is a %s; channel_wise is allowed only for "
                          "convolutions" % (config_file, op.name, op.type))
-    report, folded, excluded, _ = fold_for_quantization(graph, False, lambda op: True)
+    report, folds, excluded, _ = fold_for_quantization(graph, False, lambda op: True)
     report.float_ops.extend(found.float_ops)
     report.float_ops.extend(FloatOp(op.name, op.type, "quant_enable is false or not in the config")
                             for op in found.layers if op not in layers)
@@ -106,7 +106,7 @@ def rewrite(graph, config_file, record_file, range_method="min_max"):
     added = []
     for op in layers:
       added.append(_observe(graph, op, configs[op.name].channel_wise, calibration))
-      report.layers.append(LayerReport(op.name, ascend_layers.kind(op).name, folded.get(op.name),
+      report.layers.append(LayerReport(op.name, ascend_layers.kind(op).name, folds.folded.get(op.name),
                                        ascend_layers.has_weights(op),
                                        ["%s/%s" % (op.name, SCOPE)]))
     return added, report

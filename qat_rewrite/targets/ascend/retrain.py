@@ -46,8 +46,8 @@ def rewrite(graph, config_file, record_file):
     layers, float_ops, warnings = _plan(graph, configs, config_file)
     training = any(f.batch_mean is not None
                    for f in find_batch_norm_folds(GraphView(graph), lambda op: True)[0])
-    report, folded, excluded, use_resource = fold_for_quantization(graph, training,
-                                                                   lambda op: True)
+    report, folds, excluded, use_resource = fold_for_quantization(graph, training,
+                                                                  lambda op: True)
     report.float_ops.extend(float_ops)
     ops, writers = RetrainOps(), []
     for op in layers:
@@ -60,12 +60,12 @@ def rewrite(graph, config_file, record_file):
       writers.append(record_inputs)
       weighted = ascend_layers.has_weights(op)
       report.layers.append(LayerReport(
-          layer=op.name, kind=ascend_layers.kind(op).name, folded_batch_norm=folded.get(op.name),
+          layer=op.name, kind=ascend_layers.kind(op).name, folded_batch_norm=folds.folded.get(op.name),
           weights_quantized=weighted,
           quantizers=["%s/%s" % (op.name, scope)
                       for scope in ((DATA_SCOPE, WEIGHT_SCOPE) if weighted else (DATA_SCOPE,))],
           notes=[warnings[op.name]] if op.name in warnings else []))
-    unscale_on_weights(graph)
+    unscale_on_weights(graph, folds.unscales)
     ops.append(_record_op(graph, writers, record_file))
     ops.report = report
     for warning in warnings.values():

@@ -20,7 +20,6 @@ from qat_rewrite.graph.view import (GraphView, dropout_input, sole_relu_consumer
 from qat_rewrite.layers import kind_of
 from qat_rewrite.layers.catalogue import LAYER_TYPES, UNSUPPORTED_COMPUTE_TYPES
 from qat_rewrite.layers.patterns import compute_layer
-from qat_rewrite.passes.fold_batch_norm import eval_time_bias
 from qat_rewrite.quant import pow2
 from qat_rewrite.report import FloatOp
 
@@ -108,9 +107,10 @@ class Precision:
     return next((self.nodes_method[n] for n in names if n in self.nodes_method), self.method)
 
 
-def make_plan(graph, scope, input_names, ignore, precision, folded, pool_scales, align_concat,
+def make_plan(graph, scope, input_names, ignore, precision, folds, pool_scales, align_concat,
               align_pool, output_names, replaced_outputs=None):
-  """The plan for `graph` restricted to the ops in `scope` (see the module docstring).
+  """The plan for `graph` restricted to the ops in `scope` (see the module docstring), whose
+  batch norms `folds` (fold_batch_norm.Folds) folded.
 
   `align_concat`/`align_pool` follow decent_q: 0 every op, 1 only those in `output_names`,
   2 none. `replaced_outputs` ({output name: tensor}) names the tensors a batch-norm fold put in
@@ -135,7 +135,7 @@ def make_plan(graph, scope, input_names, ignore, precision, folded, pool_scales,
       if why:
         float_ops.append(FloatOp(op.name, op.type, why))
       else:
-        builder.group(m, folded.get(op.name))
+        builder.group(m, folds.folded.get(op.name), folds)
     elif op.type == "Identity" and builder.quantized(op.inputs[0]):
       builder.alias(op.outputs[0], op.inputs[0])
     elif dropout_input(op) is not None:  # training only: eval reads its input
@@ -224,7 +224,7 @@ class _Builder:
     """An `aquant` read by every consumer of `tensor` (outside the subgraph too, as decent_q)."""
     return self._point(tensor, kind, "aquant", names, self.view.consumers(tensor))
 
-  def group(self, m, folded_batch_norm):
+  def group(self, m, folded_batch_norm, folds):
     layer = m.op("layer")
     kind = kind_of(layer)
     data = layer.inputs[kind.data_input]
@@ -239,7 +239,7 @@ class _Builder:
       bias = m.tensor("bias_value")
       pb = self._point(bias, BIAS, "wquant", (bias.op.name,), [m.op("bias")])
     elif folded_batch_norm:
-      bias = eval_time_bias(layer.graph, layer.name)
+      bias = folds.eval_time_bias(layer.name)
       if bias is not None:
         pb = self._point(bias, BIAS, "wquant", (bias.op.name,), [])
         pb.simulated = True

@@ -45,7 +45,7 @@ def rewrite(graph, config, training):
     scope = subgraph_ops(graph, config.input_nodes, config.output_nodes)
     # A batch norm that follows no layer (ResNet v2's pre-activation) becomes a unit depthwise
     # layer, so the DPU runs it as one (decent_q keeps it as a quantized Mul + BiasAdd).
-    report, folded, excluded, use_resource = fold_for_quantization(
+    report, folds, excluded, use_resource = fold_for_quantization(
         graph, training, lambda op: op in scope, fold_lone_batch_norms=True)
     # An output node that was a batch norm's last op now means the folded tensor.
     replaced = {name: tensor for name, tensor in replaced_outputs(graph).items()
@@ -61,11 +61,11 @@ def rewrite(graph, config, training):
     precision = Precision(config.weight_bit, config.activation_bit, config.method,
                           config.nodes_bit_map, config.nodes_method_map)
     plan = make_plan(graph, scope, config.input_nodes, set(config.ignore_nodes), precision,
-                     folded, pool_scales, config.align_concat, config.align_pool,
+                     folds, pool_scales, config.align_concat, config.align_pool,
                      config.output_nodes, replaced)
     positions = quantizers.build(graph, plan, training, use_resource, config.adjust_shift_cut,
                                  config.adjust_shift_bias)
-    unscale_on_weights(graph)
+    unscale_on_weights(graph, folds.unscales)
     state.put(graph, _REWRITTEN, Rewritten(plan, positions, training, config))
     settings_record.record(graph, settings_record.describe(
         target="dpu", weight_bit=config.weight_bit, activation_bit=config.activation_bit,
