@@ -1,5 +1,5 @@
-"""Range quantizers and DPU positions are stamped from NodeDef templates in one import
-(graph/stamp.py, passes/build_quantizers.py, targets/dpu/quantizers.py). The graph must be the
+"""Range quantizers, bias quantizers and DPU positions are stamped from NodeDef templates in
+one import (graph/stamp.py, passes/build_quantizers.py, targets/dpu/quantizers.py). The graph must be the
 one that building each op by op gives: the same nodes, attributes, inputs and collections, and
 variables of their own."""
 
@@ -39,7 +39,8 @@ CASES = {
 
 
 def _rewritten(case, use_resource, stamped, monkeypatch):
-  """(graph, report) of the case's rewrite, its range quantizers stamped or built op by op."""
+  """(graph, report) of the case's rewrite, its range and bias quantizers stamped or built op
+  by op."""
   copies = []
   if stamped:
     stamp = build_quantizers.stamp.stamp
@@ -47,6 +48,7 @@ def _rewritten(case, use_resource, stamped, monkeypatch):
                         lambda graph, c: copies.extend(c) or stamp(graph, c))
   else:
     monkeypatch.setattr(build_quantizers, '_stamped_ranges', lambda *args: {})
+    monkeypatch.setattr(build_quantizers, '_stamped_biases', build_quantizers._built_biases)
   options = dict(CASES[case])
   training = options.pop('training')
   with tf.Graph().as_default() as graph:

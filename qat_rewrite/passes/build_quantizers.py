@@ -33,7 +33,8 @@ def build(graph, plan, settings):
           point, scopes[point], settings, built)
       _attach(point, scopes[point], quantized, delay, built)
     biases = [point for point in plan.points if isinstance(point.grid, BiasGrid)]
-    for point, quantized in zip(biases, _stamped_biases(graph, biases, scopes, built)):
+    build_biases = _built_biases if tf.distribute.has_strategy() else _stamped_biases
+    for point, quantized in zip(biases, build_biases(graph, biases, scopes, built)):
       _attach(point, scopes[point], quantized, None, built)
 
 
@@ -80,11 +81,14 @@ def _rank_signature(tensor):
   return tensor.dtype, (None,) * rank if rank is not None else None
 
 
+def _built_biases(graph, biases, scopes, built):
+  """The quantized bias of each BiasGrid point, built op by op."""
+  del graph
+  return [_bias(point, scopes[point], None, built)[0] for point in biases]
+
+
 def _stamped_biases(graph, biases, scopes, built):
-  """The quantized bias of each BiasGrid point, stamped in one import (built op by op under a
-  tf.distribute strategy)."""
-  if tf.distribute.has_strategy():
-    return [_bias(point, scopes[point], None, built)[0] for point in biases]
+  """The quantized bias of each BiasGrid point, stamped in one import."""
   copies = []
   for point in biases:
     in_q, in_delay = _resolved(point.grid.input, built)
