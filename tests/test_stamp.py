@@ -10,6 +10,7 @@ import tensorflow as tf
 import builders
 import dpu_models
 from qat_rewrite import decent_q, quantize
+from qat_rewrite.graph import stamp as graph_stamp
 from qat_rewrite.passes import build_quantizers
 from qat_rewrite.targets.dpu import quantizers as dpu_quantizers
 
@@ -38,15 +39,29 @@ CASES = {
 }
 
 
+def _spy_on_stamps(monkeypatch):
+  """The list that every copy stamped from now on joins."""
+  copies, stamp = [], graph_stamp.stamp
+  monkeypatch.setattr(graph_stamp, 'stamp', lambda graph, c: copies.extend(c) or stamp(graph, c))
+  return copies
+
+
+def _assert_same_graph(stamped, by_ops, report, by_ops_report):
+  """The same nodes (attributes and inputs), collections and report; returns the nodes."""
+  nodes = {n.name: n for n in stamped.as_graph_def().node}
+  want = {n.name: n for n in by_ops.as_graph_def().node}
+  assert sorted(nodes) == sorted(want)
+  assert [name for name in want if nodes[name] != want[name]] == []
+  assert _collections(stamped) == _collections(by_ops)
+  assert str(report) == str(by_ops_report)
+  return nodes
+
+
 def _rewritten(case, use_resource, stamped, monkeypatch):
   """(graph, report) of the case's rewrite, its range and bias quantizers stamped or built op
   by op."""
-  copies = []
-  if stamped:
-    stamp = build_quantizers.stamp.stamp
-    monkeypatch.setattr(build_quantizers.stamp, 'stamp',
-                        lambda graph, c: copies.extend(c) or stamp(graph, c))
-  else:
+  copies = _spy_on_stamps(monkeypatch) if stamped else []
+  if not stamped:
     monkeypatch.setattr(build_quantizers, '_stamped_ranges', lambda *args: {})
     monkeypatch.setattr(build_quantizers, '_stamped_biases', build_quantizers._built_biases)
   options = dict(CASES[case])
@@ -72,12 +87,7 @@ def _collections(graph):
 def test_stamped_quantizers_are_the_graph_built_op_by_op(case, use_resource, monkeypatch):
   stamped, report = _rewritten(case, use_resource, True, monkeypatch)
   by_ops, by_ops_report = _rewritten(case, use_resource, False, monkeypatch)
-  nodes = {n.name: n for n in stamped.as_graph_def().node}
-  want = {n.name: n for n in by_ops.as_graph_def().node}
-  assert sorted(nodes) == sorted(want)
-  assert [name for name in want if nodes[name] != want[name]] == []
-  assert _collections(stamped) == _collections(by_ops)
-  assert str(report) == str(by_ops_report)
+  nodes = _assert_same_graph(stamped, by_ops, report, by_ops_report)
   assert any('/act_quant/' in name for name in nodes)
   assert any('/bias_quant/' in name for name in nodes)
 
@@ -107,12 +117,8 @@ def test_each_stamped_quantizer_has_range_variables_of_its_own():
 
 def _dpu_rewritten(training, stamped, monkeypatch):
   """(graph, report) of a decent_q rewrite of dpu_models, positions stamped or built op by op."""
-  copies = []
-  if stamped:
-    stamp = dpu_quantizers.stamp.stamp
-    monkeypatch.setattr(dpu_quantizers.stamp, 'stamp',
-                        lambda graph, c: copies.extend(c) or stamp(graph, c))
-  else:
+  copies = _spy_on_stamps(monkeypatch) if stamped else []
+  if not stamped:
     monkeypatch.setattr(dpu_quantizers, '_stamped_positions', dpu_quantizers._built_positions)
   with tf.Graph().as_default() as graph:
     dpu_models.build(is_training=training)
@@ -131,10 +137,5 @@ def test_stamped_dpu_positions_are_the_graph_built_op_by_op(training, monkeypatc
   """The position search, most of a FixNeuron's ops; eval's names its histogram in a message."""
   stamped, report = _dpu_rewritten(training, True, monkeypatch)
   by_ops, by_ops_report = _dpu_rewritten(training, False, monkeypatch)
-  nodes = {n.name: n for n in stamped.as_graph_def().node}
-  want = {n.name: n for n in by_ops.as_graph_def().node}
-  assert sorted(nodes) == sorted(want)
-  assert [name for name in want if nodes[name] != want[name]] == []
-  assert _collections(stamped) == _collections(by_ops)
-  assert str(report) == str(by_ops_report)
+  nodes = _assert_same_graph(stamped, by_ops, report, by_ops_report)
   assert any(n.endswith('/pos_histogram') for n in nodes)

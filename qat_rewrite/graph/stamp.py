@@ -62,6 +62,13 @@ def template(build, input_signature):
       collections=collections)
 
 
+def rank_signature(tensor):
+  """(dtype, shape) of a placeholder of `tensor`'s rank, unknown dimensions: what a template
+  of ops that read only the rank is built on, so one template serves every shape."""
+  rank = tensor.shape.rank
+  return tensor.dtype, (None,) * rank if rank is not None else None
+
+
 def _collection_item(item):
   if isinstance(item, tf.Variable):
     return "variable", item.to_proto()

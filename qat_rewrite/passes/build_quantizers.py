@@ -64,7 +64,7 @@ def _stamped_ranges(graph, plan, scopes, settings):
     grid, x = point.grid, point.tensor
     # Only a per-channel range reads the shape; other ops depend on the rank alone.
     dtype, shape = ((x.dtype, tuple(x.shape.as_list())) if grid.spec.per_channel
-                    else _rank_signature(x))
+                    else stamp.rank_signature(x))
     template = _range_template(
         dtype, shape, grid.spec, tuple(grid.per_channel_shape or ()) or None, grid.nonnegative,
         grid.in_update_ops, settings.options.training, use_resource, delay is not None)
@@ -72,13 +72,6 @@ def _stamped_ranges(graph, plan, scopes, settings):
     owners.append((point, delay))
   outputs = stamp.stamp(graph, copies)
   return {point: (quantized, delay) for (point, delay), quantized in zip(owners, outputs)}
-
-
-def _rank_signature(tensor):
-  """(dtype, shape) of a placeholder of `tensor`'s rank: what a template of ops that read only
-  the rank is built on."""
-  rank = tensor.shape.rank
-  return tensor.dtype, (None,) * rank if rank is not None else None
 
 
 def _built_biases(graph, biases, scopes, built):
@@ -96,7 +89,7 @@ def _stamped_biases(graph, biases, scopes, built):
     delay = w_delay if w_delay is not None else in_delay
     ranges = list(in_q.inputs[1:3]) + list(w_q.inputs[1:3])
     inputs = [point.tensor] + ranges + ([delay] if delay is not None else [])
-    template = _bias_template(tuple(_rank_signature(t) for t in inputs), _grid_attrs(in_q),
+    template = _bias_template(tuple(stamp.rank_signature(t) for t in inputs), _grid_attrs(in_q),
                               _grid_attrs(w_q), delay is not None)
     copies.append((template, scopes[point], inputs))
   return stamp.stamp(graph, copies)

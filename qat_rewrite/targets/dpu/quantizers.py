@@ -84,10 +84,8 @@ def _stamped_positions(graph, plan, training, use_resource):
     use_resource = tf.compat.v1.resource_variables_enabled()
   copies = []
   for p in plan.points:
-    rank = p.tensor.shape.rank
-    template = _position_template(
-        p.tensor.dtype, (None,) * rank if rank is not None else None, p.kind, p.bits, p.method,
-        p.depthwise, training, use_resource)
+    template = _position_template(*stamp.rank_signature(p.tensor), p.kind, p.bits, p.method,
+                                  p.depthwise, training, use_resource)
     copies.append((template, p.name + "/", [p.tensor]))
   return {p.name: pos for p, pos in zip(plan.points, stamp.stamp(graph, copies))}
 
